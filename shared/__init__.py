@@ -1,0 +1,1 @@
+"""Code shared by the server, the clients and the attack service."""

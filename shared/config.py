@@ -1,0 +1,340 @@
+"""The experiment config: one YAML file, parsed once into typed, frozen dataclasses.
+
+Unknown, missing and mistyped keys are errors that name the dotted key and the file.
+Relative paths in the YAML are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from shared.errors import ConfigError
+
+SITES: tuple[str, ...] = ("A", "B", "C", "D")
+DatasetKind = Literal["nih", "rsna"]
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """One source dataset and the sites its patients are split into."""
+
+    kind: DatasetKind
+    root: Path
+    sites: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.sites:
+            raise ValueError("sites: give at least one site")
+        for s in self.sites:
+            if s not in SITES:
+                raise ValueError(f"sites: unknown site {s!r}; use some of {list(SITES)}")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Patient-level split of each dataset into a test set and per-site train/val parts."""
+
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    # Undersample negatives in the *training* parts to reach this positive fraction
+    # (NIH has ~1.3% pneumonia). None keeps the natural prevalence.
+    balance_positive_fraction: float | None = None
+    # Cap on patients per dataset, for quick experiments. None uses all of them.
+    max_patients: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("test_fraction", "val_fraction"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"{name}: must be in (0, 1), got {v}")
+        if self.test_fraction + self.val_fraction >= 0.9:
+            raise ValueError("test_fraction + val_fraction: must leave at least 10% to train")
+        b = self.balance_positive_fraction
+        if b is not None and not 0.0 < b < 1.0:
+            raise ValueError(f"balance_positive_fraction: must be in (0, 1), got {b}")
+        if self.max_patients is not None and self.max_patients < 10:
+            raise ValueError("max_patients: must be at least 10")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the datasets are and how images are prepared."""
+
+    image_size: int
+    datasets: dict[str, DatasetConfig]
+    channels: int = 1
+    workers: int = 2
+    skip_unreadable: bool = False
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+    def __post_init__(self) -> None:
+        if self.image_size < 32:
+            raise ValueError(f"image_size: must be at least 32, got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels: must be 1 or 3, got {self.channels}")
+        if self.workers < 0:
+            raise ValueError("workers: must be >= 0")
+        if not self.datasets:
+            raise ValueError("datasets: give at least one dataset")
+        seen: dict[str, str] = {}
+        for name, ds in self.datasets.items():
+            for s in ds.sites:
+                if s in seen:
+                    raise ValueError(f"datasets.{name}.sites: site {s} already belongs to {seen[s]}")
+                seen[s] = name
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Every configured site, in order A..D."""
+        return tuple(s for s in SITES if any(s in d.sites for d in self.datasets.values()))
+
+    def dataset_of(self, site: str) -> str:
+        """The name of the dataset a site's shard comes from."""
+        for name, ds in self.datasets.items():
+            if site in ds.sites:
+                return name
+        raise ConfigError(f"site {site!r} is not in any dataset's sites; configured: {self.sites}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """Local optimizer settings, used for both the FedAvg rounds and fine-tuning."""
+
+    name: Literal["sgd", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Local training at each site."""
+
+    batch_size: int = 16
+    local_epochs: int = 1
+    finetune_epochs: int = 1
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    finetune_lr: float | None = None  # None: the optimizer's lr
+    threads: int = 0  # torch threads per site; 0 keeps torch's default
+    pretrained: dict[str, Path] = field(default_factory=dict)  # arch -> local weights file
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ValueError("batch_size: must be at least 2 (BatchNorm)")
+        if self.local_epochs < 1 or self.finetune_epochs < 0:
+            raise ValueError("local_epochs must be >= 1 and finetune_epochs >= 0")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """FedAvg settings. One Flower run per architecture."""
+
+    architectures: tuple[str, ...]
+    rounds: int = 3
+    min_sites: int = 4
+    round_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.architectures:
+            raise ValueError("architectures: give at least one timm model name")
+        if len(set(self.architectures)) != len(self.architectures):
+            raise ValueError("architectures: names must be unique")
+        if self.rounds < 1:
+            raise ValueError("rounds: must be >= 1")
+        if not 1 <= self.min_sites <= len(SITES):
+            raise ValueError(f"min_sites: must be in 1..{len(SITES)}")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The transfer attack."""
+
+    name: str = "fgsm"
+    eps: float = 0.02
+    batch_size: int = 32
+    max_images_per_dataset: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.eps <= 1.0:
+            raise ValueError(f"eps: must be in (0, 1] (pixel space [0,1]), got {self.eps}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size: must be >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole experiment. `output_dir` holds splits, caches, checkpoints and results."""
+
+    name: str
+    seed: int
+    output_dir: Path
+    data: DataConfig
+    federation: FederationConfig
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+
+    def __post_init__(self) -> None:
+        if len(self.data.sites) < self.federation.min_sites:
+            raise ValueError(
+                f"federation.min_sites: {self.federation.min_sites} exceeds the "
+                f"{len(self.data.sites)} configured sites"
+            )
+
+    @property
+    def splits_dir(self) -> Path:
+        return self.output_dir / "splits"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.output_dir / "cache"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    @property
+    def attack_dir(self) -> Path:
+        return self.output_dir / "attack"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML-safe dict of the resolved config."""
+        return _plain(dataclasses.asdict(self))
+
+    def dump(self, path: Path) -> None:
+        """Write the resolved config as YAML (saved next to checkpoints and results)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        tmp.replace(path)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load and validate an experiment YAML. `overrides` maps dotted keys to new values."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value, path)
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Validate a config already parsed from YAML."""
+    return _build(ExperimentConfig, raw, "", source)
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
+    node = raw
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{path}: cannot override {dotted!r}: {p!r} is not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, where: str, source: str) -> Any:
+    label = where or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: key {label!r} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(
+            f"{source}: unknown key {key!r}; allowed here: {sorted(fields)}"
+        )
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: missing required key {key!r}")
+            continue
+        kwargs[name] = _coerce(hints[name], raw[name], key, source)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {where + '.' if where else ''}{e}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(
+            f"{source}: key {key!r} must be {expected}, got {value!r} ({type(value).__name__})"
+        )
+
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise bad(f"one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, source)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise bad("a list")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return {
+            str(k): _coerce(args[1], v, f"{key}.{k}", source) for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise bad("a path string")
+        return Path(value).expanduser().absolute()
+    raise ConfigError(f"{source}: key {key!r} has an unsupported type {tp!r}")  # pragma: no cover

@@ -1,0 +1,156 @@
+"""Local training and evaluation of one model on one site's cached data.
+
+Uses CUDA with AMP and channels_last when present, the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from shared.config import OptimizerConfig
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str = "") -> torch.device:
+    """`requested` ('cpu', 'cuda', 'cuda:1') or the best available device."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move to device; channels_last on CUDA."""
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _to(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def make_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float | None = None):
+    """The configured optimizer over the model's parameters."""
+    lr = cfg.lr if lr is None else lr
+    if cfg.name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+
+
+def train_epochs(
+    model: nn.Module,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    device: torch.device,
+    on_batch: Callable[[int, int, float], None] | None = None,
+) -> float:
+    """Train for `epochs`; return the mean training loss of the last epoch."""
+    model.train()
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    mean_loss = math.nan
+    for epoch in range(epochs):
+        total, n = 0.0, 0
+        for step, (x, y) in enumerate(loader):
+            x, y = _to(x, device), y.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16 if use_amp else torch.float32,
+                                enabled=use_amp):
+                loss = F.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            total += float(loss.detach()) * len(y)
+            n += len(y)
+            if on_batch is not None:
+                on_batch(epoch, step, float(loss.detach()))
+        mean_loss = total / max(n, 1)
+    return mean_loss
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Validation metrics of a binary classifier (positive class = pneumonia)."""
+
+    loss: float
+    accuracy: float
+    auc: float
+    sensitivity: float
+    specificity: float
+    n: int
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        return {
+            f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy,
+            f"{prefix}auc": self.auc, f"{prefix}sensitivity": self.sensitivity,
+            f"{prefix}specificity": self.specificity,
+        }
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Logits [N, 2] (float32) and labels [N] over the loader, in order."""
+    model.eval()
+    logits, labels = [], []
+    use_amp = device.type == "cuda"
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out = model(_to(x, device))
+        logits.append(out.float().cpu())
+        labels.append(y)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> EvalResult:
+    """Loss, accuracy, AUC, sensitivity and specificity on the loader's data."""
+    logits, labels = predict(model, loader, device)
+    return metrics_from_logits(logits, labels)
+
+
+def metrics_from_logits(logits: np.ndarray, labels: np.ndarray) -> EvalResult:
+    """Binary metrics from 2-class logits."""
+    t = torch.from_numpy(logits)
+    loss = float(F.cross_entropy(t, torch.from_numpy(labels).long()))
+    score = torch.softmax(t, dim=1)[:, 1].numpy()
+    pred = logits.argmax(axis=1)
+    pos, neg = labels == 1, labels == 0
+    return EvalResult(
+        loss=loss,
+        accuracy=float((pred == labels).mean()),
+        auc=roc_auc(score, labels),
+        sensitivity=float((pred[pos] == 1).mean()) if pos.any() else math.nan,
+        specificity=float((pred[neg] == 0).mean()) if neg.any() else math.nan,
+        n=len(labels),
+    )
+
+
+def roc_auc(score: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U with tie correction); NaN with one class."""
+    pos, neg = int((labels == 1).sum()), int((labels == 0).sum())
+    if pos == 0 or neg == 0:
+        return math.nan
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), dtype=np.float64)
+    sorted_scores = score[order]
+    i = 0
+    while i < len(score):  # average ranks over ties
+        j = i
+        while j + 1 < len(score) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[labels == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))

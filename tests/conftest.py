@@ -1,0 +1,43 @@
+"""Shared fixtures: a small synthetic twin on disk and config files pointing at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from shared.data.synth import synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_config(path: Path, data_dir: Path, out_dir: Path, **overrides: Any) -> Path:
+    """A demo-like config YAML for tests; `overrides` maps dotted keys to values."""
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    raw["output_dir"] = str(out_dir)
+    raw["data"]["datasets"]["nih"]["root"] = str(data_dir / "nih")
+    raw["data"]["datasets"]["rsna"]["root"] = str(data_dir / "rsna")
+    raw["data"]["workers"] = 0
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, last = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic twin (both datasets), shared read-only by the tests."""
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, patients=48, size=96, seed=3)
+    return out
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, synth_dir: Path) -> Path:
+    return write_config(tmp_path / "cfg.yaml", synth_dir, tmp_path / "run")

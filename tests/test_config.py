@@ -1,0 +1,75 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shared.config import ExperimentConfig, load_config
+from shared.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.data.sites == ("A", "B", "C", "D")
+    assert cfg.attack.eps == 0.02
+
+
+def test_study_config_has_the_study_settings() -> None:
+    cfg = load_config(REPO / "configs" / "study.yaml")
+    assert cfg.federation.architectures == ("resnet50", "densenet121", "inception_v3")
+    assert cfg.federation.rounds == 3
+    assert cfg.data.image_size >= 224
+
+
+def _write(tmp_path: Path, mutate) -> Path:
+    raw = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    mutate(raw)
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda r: r["training"].update(bach_size=4), "'training.bach_size'"),
+        (lambda r: r["data"].pop("image_size"), "'data.image_size'"),
+        (lambda r: r["data"].update(image_size="big"), "'data.image_size' must be an integer"),
+        (lambda r: r["training"]["optimizer"].update(name="rmsprop"), "'training.optimizer.name'"),
+        (lambda r: r["attack"].update(eps=1.5), "eps"),
+        (lambda r: r["data"]["datasets"]["nih"].update(sites=["A", "Z"]), "unknown site 'Z'"),
+        (lambda r: r["data"]["datasets"]["rsna"].update(sites=["B", "C"]), "already belongs"),
+        (lambda r: r["federation"].update(architectures="resnet50"), "must be a list"),
+        (lambda r: r["data"].update(skip_unreadable=1), "true or false"),
+    ],
+)
+def test_bad_keys_are_errors_naming_key_and_file(tmp_path: Path, mutate, needle: str) -> None:
+    p = _write(tmp_path, mutate)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert needle in str(e.value)
+    assert str(p) in str(e.value)
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_overrides_and_dump_roundtrip(tmp_path: Path) -> None:
+    cfg = load_config(REPO / "configs" / "demo.yaml", {"data.image_size": 96, "seed": 1})
+    assert cfg.data.image_size == 96 and cfg.seed == 1
+    out = tmp_path / "resolved.yaml"
+    cfg.dump(out)
+    again = load_config(out)
+    assert again == cfg
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.seed = 3  # type: ignore[misc]
