@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -50,6 +51,20 @@ def _data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _federate(args: argparse.Namespace) -> int:
+    from server.launcher import federate
+    from shared.config import load_config
+
+    cfg = load_config(args.config, _overrides(args))
+    store = federate(cfg, resume=args.resume)
+    print(f"checkpoint store complete: {store / 'manifest.json'}")
+    return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {"output_dir": args.out} if getattr(args, "out", None) else {}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedattack", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -72,12 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
         c = dsub.add_parser(name, help=text)
         c.add_argument("--config", required=True, help="experiment YAML")
         c.set_defaults(func=fn)
+
+    f = sub.add_parser("federate", help="run the federation locally: SuperLink + one SuperNode per site")
+    f.add_argument("--config", required=True, help="experiment YAML")
+    f.add_argument("--out", help="output folder (overrides output_dir)")
+    f.add_argument("--resume", action="store_true",
+                   help="continue from the last complete round stored for each architecture")
+    f.set_defaults(func=_federate)
     return p
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through `with` blocks: children get stopped
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
     except FedAttackError as e:

@@ -1,0 +1,1 @@
+"""The Flower ClientApp: local training, evaluation and fine-tuning at one hospital site."""

@@ -1,0 +1,65 @@
+"""Model weights as one flat float32 vector for the wire.
+
+Flower moves every array of a message as a separate object; a DenseNet121 state dict
+has ~1,000 tensors. Packing them into one vector makes a message one object, and
+FedAvg's element-wise weighted mean of the vectors is exactly the per-tensor mean.
+Integer buffers (BatchNorm counters) travel as floats and are rounded back on unpack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+from shared.errors import FederationError
+
+FLAT_KEY = "flat"
+
+
+def layout_id(state: dict[str, torch.Tensor]) -> str:
+    """A short hash of the names and shapes: equal for equal architectures."""
+    h = hashlib.sha256()
+    for k, v in state.items():
+        h.update(f"{k}:{tuple(v.shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+def pack(state: dict[str, torch.Tensor]) -> np.ndarray:
+    """Concatenate every tensor (in state-dict order) into one float32 vector."""
+    parts = [v.detach().to("cpu", torch.float32).reshape(-1) for v in state.values()]
+    return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
+
+
+def unpack(flat: np.ndarray, reference: dict[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """Split a packed vector back into tensors shaped and typed like `reference`."""
+    flat_t = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
+    total = sum(v.numel() for v in reference.values())
+    if flat_t.numel() != total:
+        raise FederationError(
+            f"{where}: received {flat_t.numel()} weights, the local model has {total}: "
+            "server and site disagree on the architecture or input channels"
+        )
+    out, i = {}, 0
+    for k, ref in reference.items():
+        n = ref.numel()
+        piece = flat_t[i : i + n].reshape(ref.shape)
+        out[k] = piece.round().to(ref.dtype) if not ref.dtype.is_floating_point else piece.to(ref.dtype)
+        i += n
+    return out
+
+
+def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """A one-array ArrayRecord holding the packed state."""
+    return ArrayRecord({FLAT_KEY: Array(pack(state))})
+
+
+def from_record(
+    record: ArrayRecord, reference: dict[str, torch.Tensor], where: str
+) -> dict[str, torch.Tensor]:
+    """The state dict inside a packed ArrayRecord, typed like `reference`."""
+    if FLAT_KEY not in record:
+        raise FederationError(f"{where}: expected packed weights under {FLAT_KEY!r}, got {list(record)}")
+    return unpack(record[FLAT_KEY].numpy(), reference, where)

@@ -1,0 +1,154 @@
+"""The Flower run config, derived from the experiment YAML (never edited in parallel).
+
+Flower run configs hold scalars only, so the settings one run needs are flattened to
+dashed keys here and parsed back, with their types, at the ServerApp/ClientApp entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.config import ExperimentConfig, OptimizerConfig
+from shared.errors import ConfigError
+
+Scalar = str | int | float | bool
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one Flower run (one architecture) needs, typed."""
+
+    arch: str
+    architectures: tuple[str, ...]
+    sites: tuple[str, ...]
+    num_rounds: int
+    local_epochs: int
+    finetune_epochs: int
+    batch_size: int
+    optimizer: OptimizerConfig
+    finetune_lr: float
+    image_size: int
+    channels: int
+    seed: int
+    min_sites: int
+    round_timeout: float
+    store: Path
+    resume: bool
+    pretrained: str
+    threads: int
+    workers: int
+
+    def to_run_config(self) -> dict[str, Scalar]:
+        return {
+            "arch": self.arch,
+            "architectures": ",".join(self.architectures),
+            "sites": ",".join(self.sites),
+            "num-rounds": self.num_rounds,
+            "local-epochs": self.local_epochs,
+            "finetune-epochs": self.finetune_epochs,
+            "batch-size": self.batch_size,
+            "optimizer": self.optimizer.name,
+            "lr": self.optimizer.lr,
+            "finetune-lr": self.finetune_lr,
+            "weight-decay": self.optimizer.weight_decay,
+            "momentum": self.optimizer.momentum,
+            "image-size": self.image_size,
+            "channels": self.channels,
+            "seed": self.seed,
+            "min-sites": self.min_sites,
+            "round-timeout": self.round_timeout,
+            "store": str(self.store),
+            "resume": self.resume,
+            "pretrained": self.pretrained,
+            "threads": self.threads,
+            "workers": self.workers,
+        }
+
+    @classmethod
+    def from_run_config(cls, rc: dict[str, Any]) -> RunSettings:
+        """Parse Flower's run config; a missing or mistyped key is a ConfigError naming it."""
+
+        def get(key: str, tp: type) -> Any:
+            if key not in rc:
+                raise ConfigError(f"run config: missing key {key!r}; is pyproject.toml current?")
+            value = rc[key]
+            if tp is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+                raise ConfigError(f"run config: key {key!r} must be {tp.__name__}, got {value!r}")
+            return value
+
+        store = get("store", str)
+        if not store:
+            raise ConfigError("run config: 'store' is empty; pass --run-config \"store='/abs/dir'\"")
+        opt = get("optimizer", str)
+        if opt not in ("sgd", "adamw"):
+            raise ConfigError(f"run config: 'optimizer' must be sgd or adamw, got {opt!r}")
+        return cls(
+            arch=get("arch", str),
+            architectures=tuple(a for a in get("architectures", str).split(",") if a),
+            sites=tuple(s for s in get("sites", str).split(",") if s),
+            num_rounds=get("num-rounds", int),
+            local_epochs=get("local-epochs", int),
+            finetune_epochs=get("finetune-epochs", int),
+            batch_size=get("batch-size", int),
+            optimizer=OptimizerConfig(opt, get("lr", float), get("weight-decay", float),
+                                      get("momentum", float)),
+            finetune_lr=get("finetune-lr", float),
+            image_size=get("image-size", int),
+            channels=get("channels", int),
+            seed=get("seed", int),
+            min_sites=get("min-sites", int),
+            round_timeout=get("round-timeout", float),
+            store=Path(store),
+            resume=get("resume", bool),
+            pretrained=get("pretrained", str),
+            threads=get("threads", int),
+            workers=get("workers", int),
+        )
+
+
+def run_settings_for(cfg: ExperimentConfig, arch: str, store: Path, resume: bool) -> RunSettings:
+    """The run settings of `arch` from the experiment config."""
+    if arch not in cfg.federation.architectures:
+        raise ConfigError(f"architecture {arch!r} is not in federation.architectures")
+    t = cfg.training
+    pretrained = t.pretrained.get(arch)
+    return RunSettings(
+        arch=arch,
+        architectures=cfg.federation.architectures,
+        sites=cfg.data.sites,
+        num_rounds=cfg.federation.rounds,
+        local_epochs=t.local_epochs,
+        finetune_epochs=t.finetune_epochs,
+        batch_size=t.batch_size,
+        optimizer=t.optimizer,
+        finetune_lr=t.finetune_lr if t.finetune_lr is not None else t.optimizer.lr,
+        image_size=cfg.data.image_size,
+        channels=cfg.data.channels,
+        seed=cfg.seed,
+        min_sites=cfg.federation.min_sites,
+        round_timeout=cfg.federation.round_timeout_s,
+        store=store.absolute(),
+        resume=resume,
+        pretrained=str(pretrained) if pretrained else "",
+        threads=t.threads,
+        workers=cfg.data.workers,
+    )
+
+
+def format_run_config(rc: dict[str, Scalar]) -> str:
+    """`k=v ...` in TOML syntax, for `flwr run --run-config`."""
+    parts = []
+    for k, v in rc.items():
+        if isinstance(v, bool):
+            parts.append(f"{k}={'true' if v else 'false'}")
+        elif isinstance(v, str):
+            if "'" in v:
+                raise ConfigError(f"run config value for {k!r} may not contain a single quote")
+            parts.append(f"{k}='{v}'")
+        else:
+            parts.append(f"{k}={v!r}")
+    return " ".join(parts)

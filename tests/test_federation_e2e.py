@@ -1,0 +1,209 @@
+"""End-to-end federation on Flower's deployment engine: a real SuperLink and four real
+SuperNodes on loopback, synthetic data at 80 px, tiny shards."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clients.site import SiteSettings, train_site
+from server.launcher import NodeSpec, federate, node_specs
+from shared.config import load_config
+from shared.data.cache import load_cached
+from shared.data.splits import load_manifest, site_manifest_path
+from shared.data.torchdata import make_loader
+from shared.errors import FederationError
+from shared.models import model_from_state
+from shared.packing import to_record
+from shared.runconfig import RunSettings, run_settings_for
+from shared.store import CheckpointStore
+from shared.training import evaluate
+from tests.flower_helpers import leftovers, tiny_data, tiny_federation_config
+
+pytestmark = pytest.mark.e2e
+ARCHS = ["resnet50", "densenet121", "inception_v3"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_data(tmp_path_factory.mktemp("fed-data"))
+
+
+def _val_metrics(cfg, entry, state, site: str):
+    model = model_from_state(entry.arch, entry.input, state).eval()
+    m = load_manifest(site_manifest_path(cfg.splits_dir, site))
+    val = load_cached(m, "val", cfg.data.image_size, cfg.cache_dir)
+    return evaluate(model, make_loader(val, 1, 16, False, 0, 0), torch.device("cpu")), len(val)
+
+
+@pytest.fixture(scope="module")
+def three_arch_store(tmp_path_factory: pytest.TempPathFactory, data: Path):
+    tmp = tmp_path_factory.mktemp("fed-3arch")
+    cfg = load_config(tiny_federation_config(tmp, data, ARCHS, rounds=1))
+    proc = subprocess.run([sys.executable, "-m", "shared.cli", "federate", "--config",
+                           str(tmp / "cfg.yaml")], capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return cfg, CheckpointStore(cfg.store_dir), proc.stdout
+
+
+def test_three_architectures_give_15_verified_models(three_arch_store) -> None:
+    cfg, store, stdout = three_arch_store
+    manifest = json.loads(store.manifest_path.read_text())
+    assert manifest["complete"] is True
+    models = store.models()
+    assert len(models) == 15
+    assert sorted((m.arch, m.kind, m.site) for m in models if m.kind == "global") == [
+        (a, "global", None) for a in sorted(ARCHS)]
+    assert sum(m.kind == "local" for m in models) == 12
+    for m in models:
+        state = store.load(m.file, m.sha256)  # checks the hash before parsing
+        assert state["net." + next(k[4:] for k in state if k.startswith("net."))] is not None
+        assert all(not v.dtype.is_floating_point for k, v in state.items() if "num_batches" in k)
+    # live progress was printed: architecture, round, site, loss, AUC
+    assert "[densenet121] round 1 site C: trained, loss" in stdout
+    assert "AUC" in stdout
+    # metrics file and plot next to the checkpoints
+    rows = [json.loads(x) for x in (store.root / "metrics.jsonl").read_text().splitlines()]
+    assert {r["event"] for r in rows} >= {"site-train", "site-evaluate", "round", "run-done"}
+    assert (store.root / "metrics.png").stat().st_size > 10_000
+    assert leftovers(str(cfg.output_dir)) == []
+
+
+def test_locals_reproduce_their_recorded_metrics_and_differ_from_global(three_arch_store) -> None:
+    cfg, store, _ = three_arch_store
+    models = {m.name: m for m in store.models()}
+    for arch in ARCHS:
+        g = models[f"{arch}-global"]
+        g_state = store.load(g.file, g.sha256)
+        weighted, total = 0.0, 0
+        for site in "ABCD":
+            loc = models[f"{arch}-local-{site}"]
+            state = store.load(loc.file, loc.sha256)
+            result, _ = _val_metrics(cfg, loc, state, site)
+            assert result.loss == pytest.approx(loc.metrics["val-loss"], rel=1e-4, abs=1e-5)
+            assert result.accuracy == pytest.approx(loc.metrics["val-accuracy"])
+            diff = max(float((state[k].float() - g_state[k].float()).abs().max())
+                       for k in state if state[k].dtype.is_floating_point)
+            assert diff > 0, f"{loc.name} equals the global model"
+            g_result, n = _val_metrics(cfg, g, g_state, site)
+            weighted += g_result.loss * n
+            total += n
+        assert weighted / total == pytest.approx(g.metrics["val-loss"], rel=1e-4)
+
+
+def test_stored_global_is_the_weighted_mean_of_the_site_updates(three_arch_store) -> None:
+    """Recompute each site's round-1 update from the stored round-0 model (same code,
+    same seeds, CPU) and check that the stored round-1 global is their FedAvg mean."""
+    cfg, store, _ = three_arch_store
+    arch = "resnet50"
+    manifest = store.read_manifest()
+    r0 = next(r for r in manifest["rounds"] if r["arch"] == arch and r["round"] == 0)
+    r1 = next(r for r in manifest["rounds"] if r["arch"] == arch and r["round"] == 1)
+    assert r1["sites"] == ["A", "B", "C", "D"]
+    start = to_record(store.load(r0["file"], r0["sha256"]))
+    run = RunSettings.from_run_config(run_settings_for(cfg, arch, store.root, False).to_run_config())
+    updates, weights = [], []
+    for spec in node_specs(cfg):
+        site = SiteSettings.from_node_config({"site": spec.site, "manifest": str(spec.manifest),
+                                              "cache-dir": str(spec.cache_dir)})
+        state, metrics = train_site(site, run, start, 1, finetune=False)
+        updates.append(state)
+        weights.append(metrics["num-examples"])
+    stored = store.load(r1["file"], r1["sha256"])
+    total = sum(weights)
+    for k, v in stored.items():
+        if not v.dtype.is_floating_point:
+            continue
+        mean = sum(u[k].double() * w for u, w in zip(updates, weights, strict=True)) / total
+        torch.testing.assert_close(v.double(), mean, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def _wait_for(pred, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _rounds(store: CheckpointStore, arch: str) -> list[int]:
+    try:
+        return sorted(r["round"] for r in store.read_manifest()["rounds"] if r["arch"] == arch)
+    except Exception:
+        return []
+
+
+def test_resume_after_the_server_side_dies(tmp_path: Path, data: Path) -> None:
+    cfg_path = tiny_federation_config(tmp_path, data, ["resnet18"], rounds=3)
+    cfg = load_config(cfg_path)
+    store = CheckpointStore(cfg.store_dir)
+    cmd = [sys.executable, "-m", "shared.cli", "federate", "--config", str(cfg_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(lambda: 1 in _rounds(store, "resnet18"), 600, "round 1 checkpoint")
+    finally:
+        proc.terminate()  # SIGTERM: the CLI stops its SuperLink and SuperNodes
+        proc.wait(timeout=120)
+    assert proc.returncode != 0
+    assert max(_rounds(store, "resnet18")) < 3
+    assert leftovers(str(cfg.output_dir)) == []
+    res = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    manifest = store.read_manifest()
+    assert manifest["complete"] is True
+    assert _rounds(store, "resnet18") == [0, 1, 2, 3]
+    rows = [json.loads(x) for x in (store.root / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r for r in rows if r["event"] == "run-start"][-1]
+    assert resumed["resume_from"] >= 1
+    after = rows[rows.index(resumed):]
+    trained = sorted({r["round"] for r in after if r["event"] == "site-train"})
+    assert trained == list(range(resumed["resume_from"] + 1, 4))  # none twice, none skipped
+    assert leftovers(str(cfg.output_dir)) == []
+
+
+def test_dropout_of_a_site_mid_round(tmp_path: Path, data: Path) -> None:
+    cfg = load_config(tiny_federation_config(tmp_path, data, ["resnet18"], rounds=2, **{
+        "federation.min_sites": 3, "federation.round_timeout_s": 60}))
+    store = CheckpointStore(cfg.store_dir)
+    killed = threading.Event()
+
+    def kill_d(dep) -> None:
+        def worker() -> None:
+            _wait_for(lambda: 0 in _rounds(store, "resnet18"), 300, "round 0")
+            dep.group.kill("site-D")  # SIGKILL the SuperNode and its children
+            killed.set()
+            time.sleep(5)
+            dep.start_node(next(n for n in dep.nodes if n.site == "D"))  # rejoins, new id
+
+        threading.Thread(target=worker, daemon=True).start()
+
+    federate(cfg, on_start=kill_d)
+    assert killed.is_set()
+    rounds = {r["round"]: r for r in store.read_manifest()["rounds"]}
+    assert rounds[1]["sites"] == ["A", "B", "C"]
+    assert set(rounds[2]["sites"]) >= {"A", "B", "C"}
+    assert store.read_manifest()["complete"] is True
+    assert leftovers(str(cfg.output_dir)) == []
+
+
+def test_bad_node_configs_fail_the_run_with_the_reason(tmp_path: Path, data: Path) -> None:
+    cfg = load_config(tiny_federation_config(tmp_path, data, ["resnet18"], rounds=1, **{
+        "federation.round_timeout_s": 120}))
+    nodes = node_specs(cfg)
+    nodes[2] = NodeSpec("C", nodes[2].manifest, nodes[2].cache_dir, image_size=64)
+    nodes[3] = NodeSpec("D", tmp_path / "nowhere" / "site_D.json", nodes[3].cache_dir)
+    with pytest.raises(FederationError) as e:
+        federate(cfg, nodes=nodes)
+    msg = str(e.value)
+    assert "2 of the required 4 sites replied" in msg
+    assert "pins image-size 64" in msg
+    assert "site D" in msg and "site_D.json" in msg
+    assert leftovers(str(cfg.output_dir)) == []
