@@ -61,6 +61,27 @@ def _federate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attack(args: argparse.Namespace) -> int:
+    from attack.service import run_attack
+    from shared.config import load_config
+
+    cfg = load_config(args.config)
+    out = Path(args.out) if args.out else cfg.attack_dir
+    report = run_attack(cfg, args.checkpoints or str(cfg.store_dir), out, args.skip_bad, args.watch)
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from shared.demo import run_demo
+
+    report = run_demo(Path(args.config), Path(args.out) if args.out else None, args.patients,
+                      args.size)
+    print(f"\ndemo finished. report: {report}")
+    return 0
+
+
 def _overrides(args: argparse.Namespace) -> dict:
     return {"output_dir": args.out} if getattr(args, "out", None) else {}
 
@@ -94,6 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", action="store_true",
                    help="continue from the last complete round stored for each architecture")
     f.set_defaults(func=_federate)
+
+    a = sub.add_parser("attack", help="FGSM transfer across every model of a checkpoint store")
+    a.add_argument("--config", required=True, help="experiment YAML (attack settings, test data)")
+    a.add_argument("--checkpoints", help="store: a directory, http(s):// or fsspec URL "
+                   "(default: the config's output_dir/checkpoints)")
+    a.add_argument("--out", help="output folder (default: output_dir/attack)")
+    a.add_argument("--skip-bad", action="store_true",
+                   help="skip models that fail verification (recorded in the results)")
+    a.add_argument("--watch", action="store_true",
+                   help="service mode: wait until the store is complete, then run")
+    a.set_defaults(func=_attack)
+
+    d = sub.add_parser("demo", help="everything on synthetic data: synth, federate, attack, report")
+    d.add_argument("--config", default="configs/demo.yaml")
+    d.add_argument("--out", help="output folder (overrides output_dir)")
+    d.add_argument("--patients", type=int, default=None, help="synthetic patients per dataset")
+    d.add_argument("--size", type=int, default=None, help="synthetic image side in pixels")
+    d.set_defaults(func=_demo)
     return p
 
 

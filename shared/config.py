@@ -173,6 +173,21 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic twin that `fedattack demo` writes (under output_dir/data)."""
+
+    patients: int = 400
+    size: int = 256
+    positive_rate: float = 0.35
+
+    def __post_init__(self) -> None:
+        if self.patients < 20:
+            raise ValueError("patients: must be at least 20")
+        if not 0.05 <= self.positive_rate <= 0.95:
+            raise ValueError("positive_rate: must be in [0.05, 0.95]")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """The whole experiment. `output_dir` holds splits, caches, checkpoints and results."""
 
@@ -183,6 +198,7 @@ class ExperimentConfig:
     federation: FederationConfig
     training: TrainingConfig = field(default_factory=TrainingConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self) -> None:
         if len(self.data.sites) < self.federation.min_sites:

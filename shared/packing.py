@@ -28,8 +28,11 @@ def layout_id(state: dict[str, torch.Tensor]) -> str:
 
 
 def pack(state: dict[str, torch.Tensor]) -> np.ndarray:
-    """Concatenate every tensor (in state-dict order) into one float32 vector."""
-    parts = [v.detach().to("cpu", torch.float32).reshape(-1) for v in state.values()]
+    """Concatenate every tensor, in sorted key order, into one float32 vector.
+
+    Sorted, not insertion order: a state dict read back from safetensors comes sorted,
+    one from a model does not, and both must pack alike."""
+    parts = [state[k].detach().to("cpu", torch.float32).reshape(-1) for k in sorted(state)]
     return torch.cat(parts).numpy() if parts else np.zeros(0, np.float32)
 
 
@@ -43,12 +46,13 @@ def unpack(flat: np.ndarray, reference: dict[str, torch.Tensor], where: str) -> 
             "server and site disagree on the architecture or input channels"
         )
     out, i = {}, 0
-    for k, ref in reference.items():
+    for k in sorted(reference):
+        ref = reference[k]
         n = ref.numel()
         piece = flat_t[i : i + n].reshape(ref.shape)
         out[k] = piece.round().to(ref.dtype) if not ref.dtype.is_floating_point else piece.to(ref.dtype)
         i += n
-    return out
+    return {k: out[k] for k in reference}  # the reference's own key order
 
 
 def to_record(state: dict[str, torch.Tensor]) -> ArrayRecord:

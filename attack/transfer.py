@@ -1,0 +1,140 @@
+"""The transfer measurement.
+
+For each source model: the pneumonia images of the held-out test sets that it classifies
+correctly are attacked on it. For each target model (all of them, the source included):
+transferability(source -> target) = images the target misclassifies after the attack
+/ images of that attacked set the target classified correctly before it (the numerator
+counts only images in the denominator).
+
+Each model is loaded once. Crafting stores the attack step as int8 (one byte per pixel),
+from which the adversarial images are rebuilt exactly; each target then probes every
+source's adversarial set in one streamed pass, without autograd.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from attack.attacks import FGSM
+from shared.store import ModelEntry
+from shared.training import prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttackSet:
+    """The pneumonia-positive held-out test images, in [0, 1]."""
+
+    images: torch.Tensor  # float32 [N, C, S, S]
+    ids: tuple[str, ...]  # "<test manifest>/<image id>"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    entry: ModelEntry
+    model: nn.Module
+
+
+@dataclass
+class Cell:
+    source: str
+    target: str
+    n_correct_before: int
+    n_misclassified_after: int
+
+    @property
+    def transferability(self) -> float | None:
+        """None when the target got none of the attacked images right before the attack."""
+        if self.n_correct_before == 0:
+            return None
+        return self.n_misclassified_after / self.n_correct_before
+
+
+@dataclass
+class Measurement:
+    models: list[str]
+    attacked: dict[str, list[str]] = field(default_factory=dict)  # source -> image ids
+    cells: list[Cell] = field(default_factory=list)
+    clean_correct: dict[str, int] = field(default_factory=dict)
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))
+
+
+@torch.inference_mode()
+def predict_labels(model: nn.Module, images: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+    """Argmax predictions [N] (bool: pneumonia) without autograd, batched, AMP on CUDA."""
+    out = torch.empty(len(images), dtype=torch.bool)
+    amp = device.type == "cuda"
+    for s in _batches(len(images), batch):
+        x = images[s].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out[s] = (model(x).argmax(1) == 1).cpu()
+    return out
+
+
+def craft(model: nn.Module, attack: FGSM, images: torch.Tensor, batch: int,
+          device: torch.device) -> torch.Tensor:
+    """The attack's int8 steps for `images` (all labelled pneumonia) on `model`."""
+    steps = torch.empty(images.shape, dtype=torch.int8)
+    for s in _batches(len(images), batch):
+        x = images[s].to(device)
+        y = torch.ones(len(x), dtype=torch.long, device=device)
+        steps[s] = attack.step(model, x, y).cpu()
+    return steps
+
+
+def _on(model: nn.Module, device: torch.device) -> nn.Module:
+    model = prepare(model, device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def measure(models: list[LoadedModel], attack: FGSM, data: AttackSet, batch: int,
+            device: torch.device, progress: bool = True) -> Measurement:
+    """Craft on every source, probe every target; return the counts of every cell."""
+    from tqdm import tqdm
+
+    names = [m.entry.name for m in models]
+    result = Measurement(models=names)
+    correct: dict[str, torch.Tensor] = {}
+    attacked_idx: dict[str, torch.Tensor] = {}
+    steps: dict[str, torch.Tensor] = {}
+    for lm in tqdm(models, desc=f"crafting {attack.name}", unit="model", disable=not progress):
+        net = _on(lm.model, device)
+        name = lm.entry.name
+        correct[name] = predict_labels(net, data.images, batch, device)
+        idx = torch.nonzero(correct[name]).flatten()
+        attacked_idx[name] = idx
+        steps[name] = craft(net, attack, data.images[idx], batch, device)
+        result.attacked[name] = [data.ids[i] for i in idx.tolist()]
+        result.clean_correct[name] = int(correct[name].sum())
+        log.info("crafted on %s: %d of %d pneumonia images attacked", name, len(idx), len(data))
+        lm.model.to("cpu")
+    for lm in tqdm(models, desc="probing targets", unit="model", disable=not progress):
+        net = _on(lm.model, device)
+        target = lm.entry.name
+        for source in names:
+            idx = attacked_idx[source]
+            adv_wrong = torch.empty(len(idx), dtype=torch.bool)
+            for s in _batches(len(idx), batch):
+                x_adv = attack.apply(data.images[idx[s]], steps[source][s])
+                adv_wrong[s] = ~predict_labels(net, x_adv, batch, device)
+            before = correct[target][idx]
+            result.cells.append(Cell(source, target, int(before.sum()),
+                                     int((before & adv_wrong).sum())))
+        lm.model.to("cpu")
+        log.info("probed %s with %d adversarial sets", target, len(names))
+    return result

@@ -1,0 +1,173 @@
+"""The attack CLI end to end on a store produced by a tiny real federation: outputs,
+determinism, HTTP pull, tampering, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import http.server
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from shared.config import load_config
+from tests.flower_helpers import tiny_data, tiny_federation_config
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("attack-fed")
+    data = tiny_data(tmp)
+    cfg_path = tiny_federation_config(tmp, data, ["resnet18"], rounds=1, **{
+        "training.local_epochs": 2, "training.optimizer.lr": 0.003})
+    res = subprocess.run([sys.executable, "-m", "shared.cli", "federate", "--config", str(cfg_path)],
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    return cfg_path, load_config(cfg_path).store_dir
+
+
+def attack(cfg: Path, store: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "shared.cli", "attack", "--config", str(cfg),
+                           "--checkpoints", store, "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def first_run(fed, tmp_path_factory):
+    cfg, store = fed
+    out = tmp_path_factory.mktemp("attack-out")
+    res = attack(cfg, str(store), out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out, res
+
+
+def test_outputs_and_their_contract(fed, first_run) -> None:
+    out, res = first_run
+    results = json.loads((out / "results.json").read_text())
+    names = [m["name"] for m in results["models"]]
+    assert len(names) == 5 and "resnet18-global" in names
+    assert results["eps"] == 0.02 and results["attack"] == "fgsm"
+    assert len(results["cells"]) == 25
+    attacked = results["sources"]
+    for cell in results["cells"]:
+        assert cell["white_box"] == (cell["source"] == cell["target"])
+        assert 0 <= cell["n_misclassified_after"] <= cell["n_correct_before"]
+        assert cell["n_correct_before"] <= attacked[cell["source"]]["n_attacked"]
+        if cell["n_correct_before"]:
+            assert cell["transferability"] == pytest.approx(
+                cell["n_misclassified_after"] / cell["n_correct_before"])
+        else:
+            assert cell["transferability"] is None
+    for src, info in attacked.items():  # the attacked images come from the held-out sets
+        assert all(i.startswith(("test_nih/", "test_rsna/")) for i in info["attacked"])
+        white = next(c for c in results["cells"] if c["source"] == src and c["target"] == src)
+        assert white["n_correct_before"] == info["n_attacked"]
+    rows = list(csv.reader((out / "matrix.csv").open()))
+    assert rows[0][1:] == names and len(rows) == 6
+    report = (out / "report.md").read_text()
+    assert "| resnet18 |" in report and "published" in report.lower()
+    assert "Global vs local" in report
+    assert (out / "heatmap.png").stat().st_size > 10_000
+    assert (out / "config.yaml").exists()
+    assert "report:" in res.stdout
+
+
+def test_same_inputs_give_identical_results(fed, first_run, tmp_path: Path) -> None:
+    cfg, store = fed
+    res = attack(cfg, str(store), tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "results.json").read_bytes() == (first_run[0] / "results.json").read_bytes()
+
+
+@pytest.fixture
+def http_store(fed):
+    _, store = fed
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(store))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_pull_over_http_gives_the_same_results(fed, first_run, http_store, tmp_path: Path) -> None:
+    cfg, _ = fed
+    res = attack(cfg, http_store, tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    ours = json.loads((tmp_path / "results.json").read_text())
+    ref = json.loads((first_run[0] / "results.json").read_text())
+    ours.pop("store"), ref.pop("store")
+    assert ours == ref
+
+
+def test_tampered_file_is_refused_or_skipped(fed, tmp_path: Path) -> None:
+    cfg, store = fed
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    victim = copy / "resnet18-local-B.safetensors"
+    data = bytearray(victim.read_bytes())
+    data[-10] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    res = attack(cfg, str(copy), tmp_path / "out1")
+    assert res.returncode != 0
+    assert "sha256 mismatch" in res.stderr and "resnet18-local-B" in res.stderr
+    assert "--skip-bad" in res.stderr
+    assert not (tmp_path / "out1" / "results.json").exists()
+    res = attack(cfg, str(copy), tmp_path / "out2", "--skip-bad")
+    assert res.returncode == 0, res.stderr[-2000:]
+    results = json.loads((tmp_path / "out2" / "results.json").read_text())
+    assert [s["name"] for s in results["skipped"]] == ["resnet18-local-B"]
+    assert len(results["models"]) == 4
+    (copy / "resnet18-local-A.safetensors").unlink()
+    res = attack(cfg, str(copy), tmp_path / "out3")
+    assert res.returncode != 0 and "resnet18-local-A.safetensors" in res.stderr
+
+
+def test_bad_stores_and_settings_fail_clearly(fed, tmp_path: Path) -> None:
+    cfg, store = fed
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(store, incomplete)
+    m = json.loads((incomplete / "manifest.json").read_text())
+    m["complete"] = False
+    (incomplete / "manifest.json").write_text(json.dumps(m))
+    res = attack(cfg, str(incomplete), tmp_path / "o1")
+    assert res.returncode != 0 and "incomplete" in res.stderr and "--watch" in res.stderr
+    (incomplete / "manifest.json").write_text('{"complete": true, "models": [{"name": 1}]}')
+    res = attack(cfg, str(incomplete), tmp_path / "o2")
+    assert res.returncode != 0 and "malformed model entry" in res.stderr
+    res = attack(cfg, "http://127.0.0.1:9/nothing", tmp_path / "o3")
+    assert res.returncode != 0 and "unreachable" in res.stderr
+    bad_eps = tmp_path / "eps.yaml"
+    text = Path(cfg).read_text().replace("eps: 0.02", "eps: 2.0")
+    bad_eps.write_text(text)
+    res = attack(bad_eps, str(store), tmp_path / "o4")
+    assert res.returncode != 0 and "eps" in res.stderr
+
+
+def test_watch_waits_for_a_complete_store(fed, tmp_path: Path) -> None:
+    cfg, store = fed
+    pending = tmp_path / "pending"
+    shutil.copytree(store, pending)
+    manifest = (pending / "manifest.json").read_text()
+    m = json.loads(manifest)
+    m["complete"] = False
+    (pending / "manifest.json").write_text(json.dumps(m))
+    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "attack", "--config", str(cfg),
+                             "--checkpoints", str(pending), "--out", str(tmp_path / "o"),
+                             "--watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=8)  # still waiting: the store is incomplete
+        (pending / "manifest.json").write_text(manifest)
+        proc.wait(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert (tmp_path / "o" / "results.json").exists()
