@@ -28,7 +28,7 @@ def load_attack_set(cfg: ExperimentConfig) -> AttackSet:
     if not all(p.exists() for p in paths.values()):
         make_splits(cfg.data, cfg.seed, cfg.splits_dir)
     images, ids = [], []
-    for name, path in paths.items():
+    for path in paths.values():
         manifest = load_manifest(path)
         part = load_cached(manifest, "test", cfg.data.image_size, cfg.cache_dir, cfg.data.workers,
                            cfg.data.skip_unreadable)

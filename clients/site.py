@@ -6,6 +6,7 @@ A site only ever reads its own manifest and data root (from the SuperNode's node
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ from shared.errors import ConfigError, FederationError
 from shared.models import Classifier, build_model
 from shared.packing import from_record
 from shared.runconfig import RunSettings
-from shared.training import evaluate, make_optimizer, pick_device, prepare, train_epochs
+from shared.training import (
+    evaluate,
+    make_optimizer,
+    pick_device,
+    prepare,
+    restart_batchnorm_statistics,
+    train_epochs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -111,16 +119,20 @@ def train_site(
     val = site_data(site, run, "val")
     val_loader = make_loader(val, run.channels, run.batch_size * 2, False, 0, 0)
     before = evaluate(model, val_loader, device)
+    restart_batchnorm_statistics(model)
     epochs = run.finetune_epochs if finetune else run.local_epochs
     lr = run.finetune_lr if finetune else run.optimizer.lr
     loader = make_loader(train, run.channels, run.batch_size, True, run.workers,
                          seed=run.seed + server_round * 100 + site_index)
+    started = time.perf_counter()
     loss = train_epochs(model, loader, make_optimizer(model, run.optimizer, lr), epochs, device)
+    train_seconds = time.perf_counter() - started
     after = evaluate(model, val_loader, device)
     log.info("site %s %s round %d: train loss %.4f, val auc %.3f -> %.3f", site.site,
              "finetune" if finetune else "train", server_round, loss, before.auc, after.auc)
     metrics = {"num-examples": float(len(train)), "val-examples": float(len(val)),
-               "train-loss": loss, **before.as_metrics("global-val-"), **after.as_metrics("val-")}
+               "train-loss": loss, "train-seconds": train_seconds,
+               **before.as_metrics("global-val-"), **after.as_metrics("val-")}
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
 
 

@@ -163,6 +163,7 @@ class Federation:
     def save_round(self, rnd: int, state: dict[str, torch.Tensor], sites: list[str]) -> None:
         self.store.save_round(self.run.arch, rnd, state, self.reference.spec, {}, sites,
                               self.run.to_run_config())
+        self.metrics.write("round-saved", arch=self.run.arch, round=rnd, sites=sites)
 
     def record_evaluation(self, rnd: int, evaluation: dict[str, float], sites: list[str]) -> None:
         self.store.update_round_metrics(self.run.arch, rnd, evaluation)

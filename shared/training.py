@@ -50,6 +50,20 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float | None = No
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
 
+def restart_batchnorm_statistics(model: nn.Module) -> None:
+    """Re-estimate BatchNorm running statistics from scratch during the coming training,
+    as a cumulative average over its batches (momentum None).
+
+    With the default exponential average (momentum 0.1) a short local run keeps a large
+    share of the statistics it received; from a random init those are far off (InceptionV3's
+    eval-mode logits reach 1e6), and FedAvg keeps averaging stale statistics for rounds.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.reset_running_stats()
+            m.momentum = None
+
+
 def train_epochs(
     model: nn.Module,
     loader: DataLoader,

@@ -125,6 +125,7 @@ def test_tampered_file_is_refused_or_skipped(fed, tmp_path: Path) -> None:
     results = json.loads((tmp_path / "out2" / "results.json").read_text())
     assert [s["name"] for s in results["skipped"]] == ["resnet18-local-B"]
     assert len(results["models"]) == 4
+    shutil.copy(store / "resnet18-local-B.safetensors", victim)
     (copy / "resnet18-local-A.safetensors").unlink()
     res = attack(cfg, str(copy), tmp_path / "out3")
     assert res.returncode != 0 and "resnet18-local-A.safetensors" in res.stderr

@@ -1,0 +1,66 @@
+"""The checkpoint store: manifest contract, hashes, completeness, refusal of bad files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.errors import CheckpointError
+from shared.models import build_model
+from shared.store import CheckpointStore, ModelEntry
+
+
+def _save(store: CheckpointStore, name: str, kind: str, site: str | None, state) -> ModelEntry:
+    spec = build_model("resnet18", 48, 1).spec
+    return store.save_model(dict(name=name, arch="resnet18", kind=kind, site=site, round=1,
+                                 input=spec, metrics={"val-auc": 0.9}), state)
+
+
+def test_manifest_contract_and_completeness(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    state = build_model("resnet18", 48, 1).state_dict()
+    _save(store, "resnet18-global", "global", None, state)
+    assert store.mark_complete(["resnet18"], ["A", "B"]) is False
+    for s in "AB":
+        _save(store, f"resnet18-local-{s}", "local", s, state)
+    assert store.mark_complete(["resnet18"], ["A", "B"]) is True
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert m["complete"] is True
+    entry = m["models"][0]
+    assert set(entry) == {"name", "arch", "kind", "site", "round", "file", "sha256", "input", "metrics"}
+    assert set(entry["input"]) == {"size", "channels", "mean", "std"}
+    loaded = store.load(entry["file"], entry["sha256"])
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    assert not list(tmp_path.glob(".*.tmp*"))  # no temp files left behind
+
+
+def test_tampered_missing_and_malformed(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    e = _save(store, "m", "global", None, build_model("resnet18", 48, 1).state_dict())
+    data = bytearray((tmp_path / e.file).read_bytes())
+    data[100] ^= 1
+    (tmp_path / e.file).write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        store.load(e.file, e.sha256)
+    (tmp_path / e.file).unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        store.load(e.file, e.sha256)
+    with pytest.raises(CheckpointError, match="kind"):
+        ModelEntry.from_json({**e.to_json(), "kind": "regional"}, "x")
+    with pytest.raises(CheckpointError, match="plain name"):
+        ModelEntry.from_json({**e.to_json(), "file": "../../etc/passwd"}, "x")
+
+
+def test_rounds_and_resume_point(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path)
+    model = build_model("resnet18", 48, 1)
+    for r in (0, 1, 2):
+        store.save_round("resnet18", r, model.state_dict(), model.spec, {}, ["A", "B"], {})
+    store.update_round_metrics("resnet18", 1, {"val-auc": 0.7, "val-loss": float("nan")})
+    assert store.last_round("resnet18")["round"] == 2
+    assert store.last_round("densenet121") is None
+    r1 = next(r for r in store.read_manifest()["rounds"] if r["round"] == 1)
+    assert r1["metrics"] == {"val-auc": 0.7} and r1["sites"] == ["A", "B"]
