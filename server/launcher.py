@@ -59,6 +59,7 @@ class LocalDeployment:
         self.group = ProcessGroup(self.work_dir / "logs")
         self.port = 0
         self.cli_home = self.work_dir / "flwr" / "cli"
+        self.reported: set[int] = set()
 
     def __enter__(self) -> LocalDeployment:
         try:
@@ -123,9 +124,15 @@ class LocalDeployment:
             return "unknown"
 
     def check_processes(self) -> None:
-        dead = [m for m in self.group.dead() if m.name == "superlink"]
-        if dead:
-            raise FederationError(f"the SuperLink exited; see {dead[0].log_path}:\n{tail(dead[0].log_path)}")
+        """Fail when the SuperLink is gone; say once when a SuperNode exits (a site that
+        drops out is tolerated down to federation.min_sites)."""
+        for m in self.group.dead():
+            if m.name == "superlink":
+                raise FederationError(f"the SuperLink exited; see {m.log_path}:\n{tail(m.log_path)}")
+            if m.proc.pid not in self.reported:
+                self.reported.add(m.proc.pid)
+                print(f"warning: SuperNode {m.name} exited with code {m.proc.returncode}; "
+                      f"see {m.log_path}", flush=True)
 
 
 def _environ() -> dict[str, str]:
@@ -182,7 +189,7 @@ def node_specs(cfg: ExperimentConfig) -> list[NodeSpec]:
 
 
 def run_architecture(dep: LocalDeployment, run_config: dict, progress: ProgressPrinter,
-                     poll_s: float = 1.0, status_every_s: float = 15.0) -> None:
+                     poll_s: float = 1.0, status_every_s: float = 60.0) -> None:
     """Submit one run and wait for it; raise FederationError with the reason if it fails.
 
     The ServerApp's events in the metrics file say when a run ends; asking the SuperLink

@@ -64,6 +64,9 @@ def plot_metrics(path: Path, out: Path) -> Path:
                         linewidth=2.5 if label.startswith("global") else 1.2)
             ax.set_title(f"{arch}: {metric}")
             ax.set_xlabel("round")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            if metric.endswith("loss"):
+                ax.set_yscale("log")  # a random init's loss can be orders of magnitude off
             ax.grid(alpha=0.3)
             if i == 0 and j == 0:
                 ax.legend(fontsize=8)

@@ -131,13 +131,18 @@ def test_tampered_file_is_refused_or_skipped(fed, tmp_path: Path) -> None:
     assert res.returncode != 0 and "resnet18-local-A.safetensors" in res.stderr
 
 
+def incomplete_copy(store: Path, dest: Path) -> str:
+    """Copy the store with `complete` set to false; return the original manifest text."""
+    shutil.copytree(store, dest)
+    manifest = (dest / "manifest.json").read_text()
+    (dest / "manifest.json").write_text(json.dumps({**json.loads(manifest), "complete": False}))
+    return manifest
+
+
 def test_bad_stores_and_settings_fail_clearly(fed, tmp_path: Path) -> None:
     cfg, store = fed
     incomplete = tmp_path / "incomplete"
-    shutil.copytree(store, incomplete)
-    m = json.loads((incomplete / "manifest.json").read_text())
-    m["complete"] = False
-    (incomplete / "manifest.json").write_text(json.dumps(m))
+    incomplete_copy(store, incomplete)
     res = attack(cfg, str(incomplete), tmp_path / "o1")
     assert res.returncode != 0 and "incomplete" in res.stderr and "--watch" in res.stderr
     (incomplete / "manifest.json").write_text('{"complete": true, "models": [{"name": 1}]}')
@@ -155,11 +160,7 @@ def test_bad_stores_and_settings_fail_clearly(fed, tmp_path: Path) -> None:
 def test_watch_waits_for_a_complete_store(fed, tmp_path: Path) -> None:
     cfg, store = fed
     pending = tmp_path / "pending"
-    shutil.copytree(store, pending)
-    manifest = (pending / "manifest.json").read_text()
-    m = json.loads(manifest)
-    m["complete"] = False
-    (pending / "manifest.json").write_text(json.dumps(m))
+    manifest = incomplete_copy(store, pending)
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "attack", "--config", str(cfg),
                              "--checkpoints", str(pending), "--out", str(tmp_path / "o"),
                              "--watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
