@@ -1,0 +1,161 @@
+"""Preprocessing cache: decode and resize once, then read uint8 arrays from disk.
+
+One folder per (manifest, part, image size) holding `images.npy` (N x S x S uint8, read
+as a memory map), `meta.json` (labels, ids, the fingerprint of every source file) and
+`unreadable.txt`. The cache is rebuilt when a source file (size or mtime) or the image
+size changes. Writes are atomic: a half-built cache is never mistaken for a valid one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shared.data.images import read_image, resize_to_uint8
+from shared.data.splits import Manifest
+from shared.errors import DatasetError, ImageReadError
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CachedPart:
+    """A decoded part of a manifest: images (memory-mapped), labels and ids."""
+
+    images: np.ndarray  # uint8 [N, S, S]
+    labels: np.ndarray  # int64 [N]
+    ids: tuple[str, ...]
+    unreadable: tuple[str, ...]
+    folder: Path
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _fingerprint(manifest: Manifest, part: str, size: int) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}:{size}:{manifest.dataset}:{part}".encode())
+    for s in manifest.part(part):
+        p = manifest.data_root / s.relpath
+        try:
+            st = p.stat()
+            h.update(f"{s.relpath}:{s.label}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+        except FileNotFoundError:
+            h.update(f"{s.relpath}:{s.label}:absent\n".encode())
+    return h.hexdigest()
+
+
+def _decode(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
+    path, size = args
+    try:
+        return resize_to_uint8(read_image(Path(path)), size), None
+    except ImageReadError as e:
+        return None, str(e)
+
+
+def load_cached(
+    manifest: Manifest,
+    part: str,
+    size: int,
+    cache_dir: Path,
+    workers: int = 0,
+    skip_unreadable: bool = False,
+) -> CachedPart:
+    """Return the cached part, building it first when absent or stale."""
+    folder = Path(cache_dir) / manifest.name / f"{part}_{size}px"
+    key = _fingerprint(manifest, part, size)
+    meta_path = folder / "meta.json"
+    if meta_path.exists():
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("key") == key:
+                return _check_unreadable(_open(folder, meta), skip_unreadable)
+        except (json.JSONDecodeError, OSError, ValueError):
+            log.warning("cache %s unreadable; rebuilding", folder)
+    return _build(manifest, part, size, folder, key, workers, skip_unreadable)
+
+
+_SKIP_HINT = "Or set data.skip_unreadable: true to skip such files (they are counted and listed)."
+
+
+def _check_unreadable(part: CachedPart, skip_unreadable: bool) -> CachedPart:
+    if part.unreadable and not skip_unreadable:
+        raise DatasetError(f"{part.unreadable[0]} ({len(part.unreadable)} unreadable). {_SKIP_HINT}")
+    return part
+
+
+def _open(folder: Path, meta: dict) -> CachedPart:
+    images = np.load(folder / "images.npy", mmap_mode="r")
+    return CachedPart(images, np.asarray(meta["labels"], dtype=np.int64), tuple(meta["ids"]),
+                      tuple(meta["unreadable"]), folder)
+
+
+def _build(
+    manifest: Manifest, part: str, size: int, folder: Path, key: str, workers: int,
+    skip_unreadable: bool,
+) -> CachedPart:
+    samples = manifest.part(part)
+    log.info("caching %s/%s: %d images at %d px", manifest.name, part, len(samples), size)
+    jobs = [(str(manifest.data_root / s.relpath), size) for s in samples]
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        arr = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                        shape=(len(samples), size, size))
+        keep: list[int] = []
+        bad: list[str] = []
+        if workers > 0 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as ex:
+                results = ex.map(_decode, jobs, chunksize=16)
+                _collect(results, arr, keep, bad, skip_unreadable)
+        else:
+            _collect(map(_decode, jobs), arr, keep, bad, skip_unreadable)
+        if len(keep) < len(samples):
+            compact = np.lib.format.open_memmap(tmp / "kept.npy", mode="w+", dtype=np.uint8,
+                                                shape=(len(keep), size, size))
+            compact[:] = arr[: len(keep)]
+            compact.flush()
+            del arr, compact
+            (tmp / "kept.npy").replace(tmp / "images.npy")
+        else:
+            arr.flush()
+            del arr
+        if not keep:
+            raise DatasetError(f"{manifest.name}/{part}: no readable images")
+        meta = {
+            "version": CACHE_VERSION, "key": key, "size": size, "manifest": manifest.name,
+            "part": part,
+            "ids": [samples[i].image_id for i in keep],
+            "labels": [samples[i].label for i in keep], "unreadable": bad,
+        }
+        (tmp / "unreadable.txt").write_text("".join(f"{b}\n" for b in bad))
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.replace(folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if bad:
+        log.warning("%s/%s: skipped %d unreadable image(s), listed in %s",
+                    manifest.name, part, len(bad), folder / "unreadable.txt")
+    return _open(folder, meta)
+
+
+def _collect(results, arr: np.ndarray, keep: list[int], bad: list[str], skip: bool) -> None:
+    for i, (img, err) in enumerate(results):
+        if err is not None:
+            if not skip:
+                raise DatasetError(f"{err}. {_SKIP_HINT}")
+            bad.append(err)
+            continue
+        arr[len(keep)] = img
+        keep.append(i)
