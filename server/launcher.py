@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -77,7 +78,7 @@ class LocalDeployment:
         home.mkdir(parents=True, exist_ok=True)
         t = str(max(1, self.threads))
         return {"FLWR_HOME": str(home), "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t,
-                "PYTHONUNBUFFERED": "1"}
+                "PYTHONUNBUFFERED": "1", "PATH": _path_with_bin()}
 
     def start(self) -> None:
         self.port = free_port()
@@ -136,9 +137,13 @@ class LocalDeployment:
 
 
 def _environ() -> dict[str, str]:
-    import os
+    return {**os.environ, "PATH": _path_with_bin()}
 
-    return dict(os.environ)
+
+def _path_with_bin() -> str:
+    """PATH with this interpreter's bin first: Flower starts `flower-superexec`,
+    `flwr-serverapp` and `flwr-clientapp` by name, also from an unactivated venv."""
+    return os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
 
 
 class ProgressPrinter:
