@@ -3,6 +3,7 @@ loopback, the runs submitted with `flwr run`, live progress, a clean shutdown.""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -149,8 +150,10 @@ def _path_with_bin() -> str:
 class ProgressPrinter:
     """Prints new metrics lines as they appear: architecture, round, site, loss, AUC."""
 
-    def __init__(self, path: Path, out: Callable[[str], None] = print) -> None:
-        self.path, self.out, self.seen = path, out, len(read_metrics(path))
+    def __init__(self, path: Path, out: Callable[[str], None] | None = None) -> None:
+        # flush each line: progress must show up at once also when stdout is a file or pipe
+        self.out = out or functools.partial(print, flush=True)
+        self.path, self.seen = path, len(read_metrics(path))
 
     def poll(self) -> list[dict]:
         rows = read_metrics(self.path)
