@@ -24,7 +24,7 @@ from shared.errors import FederationError
 from shared.models import Classifier, build_model
 from shared.packing import from_record, to_record
 from shared.runconfig import RunSettings
-from shared.store import CheckpointStore
+from shared.store import CheckpointStore, finite_metrics
 
 log = logging.getLogger(__name__)
 EVAL_KEYS = ("loss", "accuracy", "auc", "sensitivity", "specificity")
@@ -214,19 +214,15 @@ class Federation:
         spec = self.reference.spec
         self.store.save_model(dict(name=f"{run.arch}-global", arch=run.arch, kind="global",
                                    site=None, round=run.num_rounds, input=spec,
-                                   metrics=clean(evaluation)), state)
+                                   metrics=finite_metrics(evaluation)), state)
         for r in good:
             site = site_of(r)
             m = {k: float(v) for k, v in dict(r.content["metrics"]).items()}
             self.store.save_model(dict(name=f"{run.arch}-local-{site}", arch=run.arch,
                                        kind="local", site=site, round=rnd, input=spec,
-                                       metrics=clean({k: v for k, v in m.items()
+                                       metrics=finite_metrics({k: v for k, v in m.items()
                                                       if not k.startswith("global-")})),
                                   typed_state(r.content["arrays"], self.reference))
-
-
-def clean(m: dict[str, float]) -> dict[str, float]:
-    return {k: float(v) for k, v in m.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
 def run_federation(grid: Grid, run: RunSettings) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -70,6 +71,11 @@ class ModelEntry:
         if len(entry.sha256) != 64:
             raise CheckpointError(f"{where}: model {entry.name}: sha256 must be 64 hex digits")
         return entry
+
+
+def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Metrics as floats, without NaN entries (an undefined AUC, say): JSON has no NaN."""
+    return {k: float(v) for k, v in metrics.items() if not math.isnan(float(v))}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -162,7 +168,7 @@ class CheckpointStore:
             m = self.read_manifest()
             for r in m["rounds"]:
                 if r["arch"] == arch and r["round"] == rnd:
-                    r["metrics"] = {k: v for k, v in metrics.items() if v == v}  # drop NaN
+                    r["metrics"] = finite_metrics(metrics)
             self._write_manifest(m)
 
     def save_model(self, entry_fields: dict[str, Any], state: dict[str, torch.Tensor]) -> ModelEntry:
