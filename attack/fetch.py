@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -27,7 +28,20 @@ def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
 
 
-def read_bytes(location: str, name: str, timeout: float = 60.0) -> bytes:
+def tls_context(root_certificates: Path | None) -> ssl.SSLContext | None:
+    """Trust for https:// stores: the system's CAs, or only the deployment's own CA."""
+    if root_certificates is None:
+        return None
+    if not Path(root_certificates).is_file():
+        raise CheckpointError(f"{root_certificates}: CA certificate not found")
+    try:
+        return ssl.create_default_context(cafile=str(root_certificates))
+    except ssl.SSLError as e:
+        raise CheckpointError(f"{root_certificates}: not a usable CA certificate ({e.reason})") from None
+
+
+def read_bytes(location: str, name: str, timeout: float = 60.0,
+               context: ssl.SSLContext | None = None) -> bytes:
     """Bytes of `name` inside the store at `location` (path, http(s):// or fsspec URL)."""
     if location.startswith("file://"):
         location = location[len("file://"):]
@@ -40,7 +54,7 @@ def read_bytes(location: str, name: str, timeout: float = 60.0) -> bytes:
     url = location.rstrip("/") + "/" + name
     if location.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp:
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
                 return resp.read()
         except urllib.error.HTTPError as e:
             raise CheckpointError(f"{url}: HTTP {e.code} {e.reason}") from None
@@ -64,11 +78,12 @@ class StoreSnapshot:
     location: str
     manifest: dict[str, Any]
     models: tuple[ModelEntry, ...]
+    context: ssl.SSLContext | None = None  # https trust
 
 
-def read_manifest(location: str) -> StoreSnapshot:
+def read_manifest(location: str, context: ssl.SSLContext | None = None) -> StoreSnapshot:
     """Fetch and validate the manifest (schema, unique names, plain file names)."""
-    raw = read_bytes(location, MANIFEST)
+    raw = read_bytes(location, MANIFEST, context=context)
     try:
         manifest = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -84,16 +99,17 @@ def read_manifest(location: str) -> StoreSnapshot:
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise CheckpointError(f"{where}: model names must be unique")
-    return StoreSnapshot(location, manifest, models)
+    return StoreSnapshot(location, manifest, models, context)
 
 
-def wait_for_complete(location: str, poll_s: float = 10.0, timeout_s: float | None = None) -> StoreSnapshot:
+def wait_for_complete(location: str, poll_s: float = 10.0, timeout_s: float | None = None,
+                      context: ssl.SSLContext | None = None) -> StoreSnapshot:
     """Block until the store's manifest says complete (the service mode)."""
     start = time.monotonic()
     announced = False
     while True:
         try:
-            snap = read_manifest(location)
+            snap = read_manifest(location, context)
             if snap.manifest["complete"]:
                 return snap
             state = f"{len(snap.models)} model(s) so far"
@@ -114,7 +130,7 @@ def fetch_state(snapshot: StoreSnapshot, entry: ModelEntry, cache_dir: Path) -> 
         if local.exists() and sha256_bytes(local.read_bytes()) == entry.sha256:
             data = local.read_bytes()
         else:
-            data = read_bytes(snapshot.location, entry.file)
+            data = read_bytes(snapshot.location, entry.file, context=snapshot.context)
             cache_dir.mkdir(parents=True, exist_ok=True)
             tmp = local.with_suffix(".part")
             tmp.write_bytes(data)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from attack.attacks import build_attack
-from attack.fetch import StoreSnapshot, fetch_state, read_manifest, wait_for_complete
+from attack.fetch import StoreSnapshot, fetch_state, read_manifest, tls_context, wait_for_complete
 from attack.report import write_outputs
 from attack.transfer import AttackSet, LoadedModel, measure
 from shared.config import ExperimentConfig
@@ -69,13 +69,16 @@ def load_models(snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path,
 
 
 def run_attack(cfg: ExperimentConfig, store: str, out: Path, skip_bad: bool = False,
-               watch: bool = False, progress: bool = True) -> Path:
-    """The whole job; returns the report path."""
+               watch: bool = False, progress: bool = True,
+               root_certificates: Path | None = None) -> Path:
+    """The whole job; returns the report path. `root_certificates`: the CA that an
+    https:// store's certificate must chain to (default: the system's CAs)."""
     attack = build_attack(cfg.attack.name, cfg.attack.eps)
+    context = tls_context(root_certificates)
     if watch:
-        snap = wait_for_complete(store)
+        snap = wait_for_complete(store, context=context)
     else:
-        snap = read_manifest(store)
+        snap = read_manifest(store, context)
         if not snap.manifest["complete"]:
             raise CheckpointError(
                 f"{store}: the checkpoint store is incomplete (federation still running or "

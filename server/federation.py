@@ -19,12 +19,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from server.metrics import METRICS_FILE, MetricsLog, plot_metrics
+from server.metrics import MetricsLog, plot_metrics
 from shared.errors import FederationError
 from shared.models import Classifier, build_model
 from shared.packing import from_record, to_record
 from shared.runconfig import RunSettings
-from shared.store import CheckpointStore, finite_metrics
+from shared.store import METRICS_FILE, CheckpointStore, finite_metrics
 
 log = logging.getLogger(__name__)
 EVAL_KEYS = ("loss", "accuracy", "auc", "sensitivity", "specificity")
@@ -143,6 +143,10 @@ class Federation:
         run = self.run
         state = {k: v.detach().clone() for k, v in self.reference.state_dict().items()}
         offset = 0
+        if not run.resume and run.arch == run.architectures[0]:
+            # a fresh study: a complete manifest left from an earlier one must not make a
+            # watching attack service start early (the submitter may be on another host)
+            self.store.reset()
         if run.resume:
             last = self.store.last_round(run.arch)
             if last is not None:

@@ -6,29 +6,21 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.metrics import METRICS_FILE, read_metrics
+from server.connection import Connection, flwr_bin, path_with_bin
+from server.metrics import read_metrics
 from server.processes import ProcessGroup, free_port, tail, wait_for_port
 from shared.config import ExperimentConfig
 from shared.data.splits import make_splits, site_manifest_path
 from shared.errors import FederationError
-from shared.runconfig import format_run_config, run_settings_for
+from shared.runconfig import run_settings_for
+from shared.store import METRICS_FILE
 
 log = logging.getLogger(__name__)
-PROJECT_DIR = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def flwr_bin(name: str) -> str:
-    p = BIN / name
-    return str(p) if p.exists() else name
 
 
 @dataclass(frozen=True)
@@ -60,7 +52,7 @@ class LocalDeployment:
         self.threads = threads
         self.group = ProcessGroup(self.work_dir / "logs")
         self.port = 0
-        self.cli_home = self.work_dir / "flwr" / "cli"
+        self.connection: Connection | None = None
         self.reported: set[int] = set()
 
     def __enter__(self) -> LocalDeployment:
@@ -79,7 +71,7 @@ class LocalDeployment:
         home.mkdir(parents=True, exist_ok=True)
         t = str(max(1, self.threads))
         return {"FLWR_HOME": str(home), "OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t,
-                "PYTHONUNBUFFERED": "1", "PATH": _path_with_bin()}
+                "PYTHONUNBUFFERED": "1", "PATH": path_with_bin()}
 
     def start(self) -> None:
         self.port = free_port()
@@ -91,39 +83,13 @@ class LocalDeployment:
         wait_for_port("127.0.0.1", self.port, 60, link.proc, link.log_path)
         for node in self.nodes:
             self.start_node(node)
-        self.cli_home.mkdir(parents=True, exist_ok=True)
-        (self.cli_home / "config.toml").write_text(
-            f'[superlink.local]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
-        )
+        self.connection = Connection(f"127.0.0.1:{self.port}", self.work_dir / "flwr" / "cli")
 
     def start_node(self, node: NodeSpec) -> None:
         self.group.start(f"site-{node.site}", [
             flwr_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
             "--port", str(free_port()), "--node-config", node.node_config(),
         ], self._env(f"site-{node.site}"))
-
-    def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([flwr_bin("flwr"), *args], capture_output=True, text=True,
-                              env={**_environ(), "FLWR_HOME": str(self.cli_home)},
-                              cwd=self.work_dir, timeout=timeout)
-
-    def submit(self, run_config: dict) -> int:
-        res = self.flwr("run", str(PROJECT_DIR), "local", "--run-config",
-                        format_run_config(run_config), "--format", "json")
-        try:
-            out = json.loads(res.stdout)
-            if not out.get("success", False):
-                raise ValueError(out)
-            return int(out["run-id"])
-        except (json.JSONDecodeError, KeyError, ValueError) as e:
-            raise FederationError(f"`flwr run` failed: {res.stdout}\n{res.stderr}") from e
-
-    def status(self, run_id: int) -> str:
-        res = self.flwr("ls", "local", "--run-id", str(run_id), "--format", "json")
-        try:
-            return str(json.loads(res.stdout)["runs"][0]["status"])
-        except (json.JSONDecodeError, KeyError, IndexError):
-            return "unknown"
 
     def check_processes(self) -> None:
         """Fail when the SuperLink is gone; say once when a SuperNode exits (a site that
@@ -137,16 +103,6 @@ class LocalDeployment:
                       f"see {m.log_path}", flush=True)
 
 
-def _environ() -> dict[str, str]:
-    return {**os.environ, "PATH": _path_with_bin()}
-
-
-def _path_with_bin() -> str:
-    """PATH with this interpreter's bin first: Flower starts `flower-superexec`,
-    `flwr-serverapp` and `flwr-clientapp` by name, also from an unactivated venv."""
-    return os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
-
-
 class ProgressPrinter:
     """Prints new metrics lines as they appear: architecture, round, site, loss, AUC."""
 
@@ -157,6 +113,8 @@ class ProgressPrinter:
 
     def poll(self) -> list[dict]:
         rows = read_metrics(self.path)
+        if len(rows) < self.seen:  # the ServerApp started a fresh log
+            self.seen = 0
         new, self.seen = rows[self.seen :], len(rows)
         for r in new:
             line = format_event(r)
@@ -196,43 +154,82 @@ def node_specs(cfg: ExperimentConfig) -> list[NodeSpec]:
             for s in cfg.data.sites]
 
 
-def run_architecture(dep: LocalDeployment, run_config: dict, progress: ProgressPrinter,
+def run_architecture(conn: Connection, run_config: dict, progress: ProgressPrinter | None,
+                     check: Callable[[], None] = lambda: None, logs_hint: str = "the SuperLink's log",
                      poll_s: float = 1.0, status_every_s: float = 60.0) -> None:
     """Submit one run and wait for it; raise FederationError with the reason if it fails.
 
-    The ServerApp's events in the metrics file say when a run ends; asking the SuperLink
-    (`flwr ls`, a costly command) is only a periodic fallback for a ServerApp that died
-    before it could write anything."""
+    With the store readable here (`progress`), the ServerApp's events in its metrics file
+    say when a run ends and why it failed; asking the SuperLink (`flwr ls`, a costly
+    command) is then only a periodic fallback for a ServerApp that died before it could
+    write anything. Without it (a remote store), the SuperLink's run status decides."""
     arch = run_config["arch"]
-    first_row = len(read_metrics(progress.path))
-    run_id = dep.submit(run_config)
+    seen: list[dict] = []  # this run's events, as they appear
+    run_id = conn.submit(run_config)
     log.info("%s: submitted as run %d", arch, run_id)
+    if progress is None:
+        print(f"[{arch}] submitted as run {run_id}; no local store: polling the SuperLink",
+              flush=True)
+        status_every_s = min(status_every_s, 15.0)
     next_status = time.monotonic() + status_every_s
     while True:
         time.sleep(poll_s)
-        events = [e for e in progress.poll() if e.get("arch") == arch]
-        dep.check_processes()
+        events = [e for e in progress.poll() if e.get("arch") == arch] if progress else []
+        seen += events
+        check()
         ended = any(e["event"] in ("run-failed", "run-done") for e in events)
         if not ended and time.monotonic() < next_status:
             continue
         next_status = time.monotonic() + status_every_s
-        status = dep.status(run_id)
+        status = conn.status(run_id)
         if ended and not status.startswith("finished"):
             deadline = time.monotonic() + 60  # the ServerApp is wrapping up
             while not status.startswith("finished") and time.monotonic() < deadline:
                 time.sleep(1)
-                status = dep.status(run_id)
-        if status.startswith("finished"):
-            progress.poll()
-            rows = [r for r in read_metrics(progress.path)[first_row:] if r.get("arch") == arch]
-            done = [r for r in rows if r["event"] == "run-done"]
-            failed = [r for r in rows if r["event"] == "run-failed"]
-            if failed:
-                raise FederationError(f"{arch}: {failed[-1]['reason']}")
-            if status != "finished:completed" or not done:
-                raise FederationError(f"{arch}: run {run_id} ended as {status!r}; see "
-                                      f"{dep.group.log_dir / 'superlink.log'}")
+                status = conn.status(run_id)
+        if not status.startswith("finished"):
+            continue
+        if progress is None:
+            if status != "finished:completed":
+                raise FederationError(f"{arch}: run {run_id} ended as {status!r}; see {logs_hint}")
+            print(f"[{arch}] run {run_id} complete", flush=True)
             return
+        rows = seen + [e for e in progress.poll() if e.get("arch") == arch]
+        failed = [r for r in rows if r["event"] == "run-failed"]
+        if failed:
+            raise FederationError(f"{arch}: {failed[-1]['reason']}")
+        if status == "finished:completed" and not rows:
+            print(f"[{arch}] run {run_id} complete (no events in {progress.path}: the store "
+                  "is not the one the ServerApp writes?)", flush=True)
+            return
+        if status != "finished:completed" or not any(r["event"] == "run-done" for r in rows):
+            raise FederationError(f"{arch}: run {run_id} ended as {status!r}; see {logs_hint}")
+        return
+
+
+def prepare_store(cfg: ExperimentConfig, store: Path, resume: bool) -> None:
+    """Local flow: clear the last study's manifest and metrics before the ServerApp starts
+    (it does the same itself on a fresh run), keep the resolved config beside the store."""
+    if not resume:
+        for stale in (store / "manifest.json", store / METRICS_FILE):
+            stale.unlink(missing_ok=True)
+    store.mkdir(parents=True, exist_ok=True)
+    cfg.dump(store / "config.yaml")
+
+
+def run_all(cfg: ExperimentConfig, conn: Connection, store: Path, resume: bool,
+            progress: ProgressPrinter | None, check: Callable[[], None] = lambda: None,
+            logs_hint: str = "the SuperLink's log") -> None:
+    """One Flower run per architecture, in the config's order."""
+    for arch in cfg.federation.architectures:
+        rc = run_settings_for(cfg, arch, store, resume).to_run_config()
+        run_architecture(conn, rc, progress, check, logs_hint)
+
+
+def check_complete(store: Path) -> None:
+    manifest = json.loads((store / "manifest.json").read_text())
+    if not manifest.get("complete"):
+        raise FederationError(f"{store}: the store is incomplete after all runs")
 
 
 def federate(cfg: ExperimentConfig, resume: bool = False,
@@ -244,11 +241,7 @@ def federate(cfg: ExperimentConfig, resume: bool = False,
     `on_start` is called with the running deployment (tests use it to kill a site)."""
     store = cfg.store_dir.absolute()
     make_splits(cfg.data, cfg.seed, cfg.splits_dir)
-    if not resume:
-        for stale in (store / "manifest.json", store / METRICS_FILE):
-            stale.unlink(missing_ok=True)
-    store.mkdir(parents=True, exist_ok=True)
-    cfg.dump(store / "config.yaml")
+    prepare_store(cfg, store, resume)
     progress = ProgressPrinter(store / METRICS_FILE)
     nodes = nodes if nodes is not None else node_specs(cfg)
     with LocalDeployment(cfg.output_dir / "deployment", nodes, cfg.training.threads) as dep:
@@ -256,10 +249,8 @@ def federate(cfg: ExperimentConfig, resume: bool = False,
               f"{dep.group.log_dir}", flush=True)
         if on_start is not None:
             on_start(dep)
-        for arch in cfg.federation.architectures:
-            rc = run_settings_for(cfg, arch, store, resume).to_run_config()
-            run_architecture(dep, rc, progress)
-    manifest = json.loads((store / "manifest.json").read_text())
-    if not manifest.get("complete"):
-        raise FederationError(f"{store}: the store is incomplete after all runs")
+        assert dep.connection is not None
+        run_all(cfg, dep.connection, store, resume, progress, dep.check_processes,
+                str(dep.group.log_dir / "superlink.log"))
+    check_complete(store)
     return store

@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-METRICS_FILE = "metrics.jsonl"
-
 
 class MetricsLog:
     """Append-only JSON Lines; each line is flushed so a watcher sees it at once."""

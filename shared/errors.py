@@ -38,3 +38,11 @@ class FederationError(FedAttackError):
 
 class AttackError(FedAttackError):
     """The attack cannot run with the given inputs."""
+
+
+class CredentialsError(FedAttackError):
+    """TLS certificates or SuperNode keys are missing, mismatched or unsafe."""
+
+
+class DeploymentError(FedAttackError):
+    """A networked deployment cannot start (bad address, SuperLink refusing, ...)."""

@@ -27,6 +27,7 @@ from shared.errors import CheckpointError
 from shared.models import InputSpec
 
 MANIFEST = "manifest.json"
+METRICS_FILE = "metrics.jsonl"  # the ServerApp's event log, beside the manifest
 STORE_VERSION = 1
 KINDS = ("global", "local")
 
@@ -129,6 +130,12 @@ class CheckpointStore:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def reset(self) -> None:
+        """Forget an earlier study: its manifest (complete or not) and its metrics log."""
+        with self._locked():
+            self.manifest_path.unlink(missing_ok=True)
+            (self.root / METRICS_FILE).unlink(missing_ok=True)
 
     def read_manifest(self) -> dict[str, Any]:
         """The manifest, or an empty incomplete one when the store is new."""

@@ -1,0 +1,71 @@
+"""Several "hosts" on one machine: one network namespace per host, each with its own
+address on a shared bridge (needs root and iproute2). Processes are started inside a
+namespace with `ip netns exec`, which execs in place: the ProcessGroup's pid is theirs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+
+def netns_unavailable() -> str | None:
+    """Why namespaces cannot be used here, or None."""
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces (run the suite as root, as CI does)"
+    if shutil.which("ip") is None:
+        return "needs iproute2's `ip`"
+    return None
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@dataclass
+class Network:
+    """A bridge `fa<tag>` in the root namespace (address .254) and named hosts."""
+
+    tag: str
+    subnet: str  # first three octets, e.g. "10.231.7"
+    hosts: dict[str, str] = field(default_factory=dict)  # name -> namespace
+
+    @property
+    def bridge(self) -> str:
+        return f"fa{self.tag}"
+
+    @property
+    def root_ip(self) -> str:
+        return f"{self.subnet}.254"
+
+    def __enter__(self) -> Network:
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.root_ip}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        return self
+
+    def add_host(self, name: str, *addresses: int) -> list[str]:
+        ns, veth = f"fa{self.tag}-{name}", f"fa{self.tag}{len(self.hosts)}"
+        _ip("netns", "add", ns)
+        self.hosts[name] = ns
+        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _ip("link", "set", veth, "master", self.bridge, "up")
+        ips = [f"{self.subnet}.{a}" for a in addresses]
+        for ip in ips:
+            _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        return ips
+
+    def run_in(self, host: str, cmd: list[str]) -> list[str]:
+        """`cmd` run inside `host`'s namespace."""
+        return ["ip", "netns", "exec", self.hosts[host], *cmd]
+
+    def __exit__(self, *exc: object) -> None:
+        for ns in self.hosts.values():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                _ip("netns", "del", ns)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _ip("link", "del", self.bridge)

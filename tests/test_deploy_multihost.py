@@ -1,0 +1,256 @@
+"""The networked deployment, for real: the SuperLink and each site's SuperNode in its own
+network namespace (its own "host" and address), TLS on every link, SuperNode
+authentication, persistent SuperLink state. The commands are read from
+docker-compose.yml, with the container paths mapped to folders here, so this test runs
+exactly what `docker compose up` runs. Then the refusals: an unregistered key, an
+insecure SuperNode, a certificate without the dialled address."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attack.fetch import fetch_state, read_manifest, tls_context
+from clients.deploy import supernode_command
+from server.connection import Connection, path_with_bin
+from server.processes import ProcessGroup, tail, wait_for_port
+from shared.errors import CheckpointError
+from shared.tls import make_site_key
+from tests.conftest import REPO, write_config
+from tests.flower_helpers import leftovers
+from tests.netns import Network, netns_unavailable
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(netns_unavailable() is not None,
+                                                  reason=str(netns_unavailable()))]
+BIN = Path(sys.executable).parent
+SITES = ["A", "B", "C", "D"]
+ONE_SHOT_TIMEOUT = 900
+
+
+def compose_services(*files: str) -> dict[str, dict]:
+    services: dict[str, dict] = {}
+    for f in files:
+        for name, svc in yaml.safe_load((REPO / f).read_text())["services"].items():
+            services.setdefault(name, {}).update(svc)
+    return services
+
+
+def mapped(cmd: list[str], paths: dict[str, Path], link_ip: str) -> list[str]:
+    """A compose command with container paths mapped to local folders and the service
+    name `superlink` to the SuperLink host's address."""
+    out: list[str] = []
+    for arg in cmd:
+        if arg == "fedattack":
+            arg = str(BIN / "fedattack")
+        elif arg == "superlink" and out and out[-1] == "--san":
+            arg = link_ip
+        elif arg.startswith("superlink:"):
+            arg = link_ip + arg[len("superlink"):]
+        else:
+            for prefix, local in paths.items():
+                if arg == prefix or arg.startswith(prefix + "/"):
+                    arg = str(local) + arg[len(prefix):]
+                    break
+        out.append(arg)
+    return out
+
+
+def run_one_shot(cmd: list[str], timeout: float = ONE_SHOT_TIMEOUT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          stdin=subprocess.DEVNULL, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("multihost")
+    tag, subnet = f"{os.getpid() % 10000}", f"10.231.{random.randint(1, 250)}"
+    paths = {p: tmp / p.strip("/").replace("/", "-") for p in
+             ("/credentials", "/sites", "/state", "/work", "/data/raw")}
+    paths["/runs"] = tmp / "runs"
+    cfg = write_config(tmp / "cfg.yaml", paths["/data/raw"], paths["/runs"], **{
+        "data.image_size": 80, "federation.architectures": ["resnet50"], "federation.rounds": 1,
+        "federation.round_timeout_s": 300, "training.batch_size": 8, "training.threads": 1,
+        "synth.patients": 36, "synth.size": 96, "attack.max_images_per_dataset": 6})
+    paths["configs/compose.yaml"] = cfg
+    (paths["/runs"] / "checkpoints").mkdir(parents=True)  # the compose volume
+    services = compose_services("docker-compose.yml")
+    group = ProcessGroup(tmp / "logs")
+    with Network(tag, subnet) as net:
+        link_ip, alt_ip = net.add_host("link", 1, 2)  # alt_ip: not in the certificate
+        for i, site in enumerate(SITES):
+            net.add_host(f"site-{site.lower()}", 11 + i)
+        cmd = {name: mapped(svc["command"], paths, link_ip) for name, svc in services.items()}
+        ran: dict[str, subprocess.CompletedProcess | None] = {}
+        try:
+            for name in ("credentials", "data-init"):
+                ran[name] = run_one_shot(cmd[name])
+                assert ran[name].returncode == 0, ran[name].stdout + ran[name].stderr
+            link = group.start("superlink", net.run_in("link", cmd["superlink"]))
+            wait_for_port(link_ip, 9093, 90, link.proc, link.log_path)
+            ran["superlink"] = None
+            ran["register"] = run_one_shot(cmd["register"])
+            assert ran["register"].returncode == 0, ran["register"].stdout + ran["register"].stderr
+            for site in SITES:
+                name = f"site-{site.lower()}"
+                group.start(name, net.run_in(name, cmd[name]))
+                ran[name] = None
+            ran["job"] = run_one_shot(cmd["job"])
+            ran["attack"] = run_one_shot(cmd["attack"])
+            yield {"tmp": tmp, "paths": paths, "net": net, "group": group, "link_ip": link_ip,
+                   "alt_ip": alt_ip, "cmd": cmd, "ran": ran, "services": services}
+        finally:
+            group.stop()
+
+
+def _fail(deployment, res: subprocess.CompletedProcess) -> str:
+    logs = "\n".join(f"--- {m.name}\n{tail(m.log_path, 30)}" for m in deployment["group"].procs)
+    return f"{res.stdout[-4000:]}\n{res.stderr[-4000:]}\n{logs}"
+
+
+def test_every_compose_service_ran_as_written(deployment) -> None:
+    assert set(deployment["ran"]) == set(deployment["services"])
+    for name, svc in deployment["services"].items():
+        assert svc["command"][0] == "fedattack", name
+
+
+def test_credentials_keep_site_keys_in_site_folders(deployment) -> None:
+    creds, sites = deployment["paths"]["/credentials"], deployment["paths"]["/sites"]
+    assert sorted(p.name for p in creds.iterdir() if p.name.endswith(".key")) == ["ca.key", "server.key"]
+    for site in SITES:
+        key = sites / site / f"site-{site}.key"
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert (creds / f"site-{site}.key.pub").is_file()
+        assert (sites / site / "ca.crt").read_bytes() == (creds / "ca.crt").read_bytes()
+
+
+def test_each_site_folder_holds_only_its_own_shard(deployment) -> None:
+    sites = deployment["paths"]["/sites"]
+    seen: dict[str, str] = {}
+    for site in SITES:
+        manifest = json.loads((sites / site / f"site_{site}.json").read_text())
+        assert manifest["data_root"] == str(sites / site)
+        for part in manifest["parts"].values():
+            for row in part:
+                image_id = row[0]
+                assert image_id not in seen, f"{image_id} in sites {seen.get(image_id)} and {site}"
+                seen[image_id] = site
+        assert not list((sites / site).glob("*/Data_Entry*")) and not list((sites / site).glob("*.csv"))
+
+
+def test_federation_over_tls_with_node_auth_completes(deployment) -> None:
+    job = deployment["ran"]["job"]
+    assert job.returncode == 0, _fail(deployment, job)
+    store = deployment["paths"]["/runs"] / "checkpoints"
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["complete"] is True
+    assert len(manifest["models"]) == 5  # 1 global + 4 locals
+    assert "[resnet50] round 1 done (sites A,B,C,D)" in job.stdout
+    link_log = (deployment["group"].log_dir / "superlink.log").read_text()
+    assert "TLS + SuperNode authentication" in link_log
+    assert (deployment["paths"]["/state"] / "superlink.db").stat().st_size > 0
+    for site in SITES:
+        log = (deployment["group"].log_dir / f"site-{site.lower()}.log").read_text()
+        assert f"site {site}: SuperNode for {deployment['link_ip']}:9093 (TLS + node authentication" in log
+
+
+def test_registration_is_idempotent(deployment) -> None:
+    again = run_one_shot(deployment["cmd"]["register"])
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("already registered") == 4
+
+
+def test_attack_service_reports_on_the_store(deployment) -> None:
+    res = deployment["ran"]["attack"]
+    assert res.returncode == 0, _fail(deployment, res)
+    out = deployment["paths"]["/runs"] / "attack"
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["models"]) == 5
+    assert (out / "report.md").is_file()
+
+
+def _refused(deployment, host: str, cmd: list[str], name: str) -> str:
+    """Run a SuperNode that must give up; its process group is stopped afterwards (Flower's
+    SuperExec child can outlive the node and would hold a captured pipe open)."""
+    group = ProcessGroup(deployment["tmp"] / "logs" / name.replace(" ", "-"))
+    m = group.start("node", deployment["net"].run_in(host, cmd), {"OMP_NUM_THREADS": "1",
+                                                                   "PATH": path_with_bin()})
+    try:
+        rc = m.proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        group.stop()
+    text = m.log_path.read_text(errors="replace")
+    assert rc not in (None, 0), f"{name} was not refused (rc {rc}):\n{text[-3000:]}"
+    return text
+
+
+def test_unregistered_key_is_refused(deployment, tmp_path: Path) -> None:
+    key = make_site_key(tmp_path / "intruder.key")
+    sites = deployment["paths"]["/sites"]
+    cmd = [str(BIN / "fedattack"), "deploy", "supernode", "--site", "A", "--superlink",
+           f"{deployment['link_ip']}:9093", "--data", str(sites / "A"), "--root-certificates",
+           str(sites / "A" / "ca.crt"), "--key", str(key), "--port", "9195", "--max-retries", "2"]
+    text = _refused(deployment, "site-a", cmd, "an unregistered key")
+    assert "Failed to activate SuperNode" in text or "305" in text, text[-3000:]
+
+
+def test_insecure_supernode_cannot_join(deployment) -> None:
+    sites = deployment["paths"]["/sites"]
+    cmd = [str(BIN / "fedattack"), "deploy", "supernode", "--site", "B", "--superlink",
+           f"{deployment['link_ip']}:9093", "--data", str(sites / "B"), "--insecure",
+           "--port", "9196", "--max-retries", "2"]
+    text = _refused(deployment, "site-b", cmd, "an insecure SuperNode")
+    assert "305" in text or "Failed to initialize" in text, text[-3000:]
+
+
+def test_certificate_without_the_dialled_address_is_refused(deployment) -> None:
+    sites, alt = deployment["paths"]["/sites"], f"{deployment['alt_ip']}:9093"
+    # the project's start-up check names the problem before anything is dialled
+    cmd = [str(BIN / "fedattack"), "deploy", "supernode", "--site", "C", "--superlink", alt,
+           "--data", str(sites / "C"), "--root-certificates", str(sites / "C" / "ca.crt"),
+           "--key", str(sites / "C" / "site-C.key"), "--port", "9197"]
+    text = _refused(deployment, "site-c", cmd, "a SAN mismatch")
+    assert "subject alternative names" in text and deployment["alt_ip"] in text, text[-2000:]
+    # and Flower itself refuses the handshake (the check above is not what protects it)
+    raw = supernode_command("C", alt, sites / "C", sites / "C" / "ca.crt", sites / "C" / "site-C.key",
+                            port=9198, max_retries=2)
+    raw[0] = str(BIN / "flower-supernode")
+    text = _refused(deployment, "site-c", raw, "flower-supernode with a SAN mismatch")
+    assert "mismatch" in text or "CERTIFICATE_VERIFY_FAILED" in text, text[-3000:]
+
+
+def test_only_the_four_sites_are_online(deployment, tmp_path: Path) -> None:
+    conn = Connection(f"{deployment['link_ip']}:9093", tmp_path / "cli",
+                      deployment["paths"]["/credentials"] / "ca.crt")
+    online = [n for n in conn.nodes() if n["status"] == "online"]
+    assert len(online) == 4, conn.nodes()
+
+
+def test_attack_host_pulls_the_store_over_https(deployment, tmp_path: Path) -> None:
+    d, net = deployment, deployment["net"]
+    store = d["paths"]["/runs"] / "checkpoints"
+    serve = d["group"].start("serve-store", net.run_in("link", [
+        str(BIN / "fedattack"), "deploy", "serve-store", "--store", str(store), "--credentials",
+        str(d["paths"]["/credentials"]), "--port", "8443"]))
+    wait_for_port(d["link_ip"], 8443, 60, serve.proc, serve.log_path)
+    url = f"https://{d['link_ip']}:8443"
+    snap = read_manifest(url, tls_context(d["paths"]["/credentials"] / "ca.crt"))
+    assert snap.manifest["complete"]
+    state = fetch_state(snap, snap.models[0], tmp_path / "pulled")
+    assert state and (tmp_path / "pulled" / snap.models[0].file).is_file()
+    with pytest.raises(CheckpointError, match="unreachable"):
+        read_manifest(url)  # the system CAs do not vouch for the deployment's certificate
+
+
+def test_nothing_outlives_the_deployment(deployment) -> None:
+    deployment["group"].stop()
+    assert not leftovers(str(deployment["tmp"]))
