@@ -22,6 +22,9 @@ test: setup
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
+benchmark: setup
+	$(PY) -m benchmarks.run
+
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check . || true

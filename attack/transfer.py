@@ -72,6 +72,26 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(i, min(n, i + size))
 
 
+def _stream(sizes: dict[str, int], batch: int) -> Iterator[list[tuple[str, slice]]]:
+    """Full batches across sets: the sets' items in order, cut into pieces of `batch`
+    (a piece lists which set and which slice of it). Small adversarial sets would
+    otherwise each end in a part-filled batch."""
+    piece: list[tuple[str, slice]] = []
+    room = batch
+    for name, n in sizes.items():
+        start = 0
+        while start < n:
+            take = min(room, n - start)
+            piece.append((name, slice(start, start + take)))
+            start += take
+            room -= take
+            if room == 0:
+                yield piece
+                piece, room = [], batch
+    if piece:
+        yield piece
+
+
 @torch.inference_mode()
 def predict_labels(model: nn.Module, images: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
     """Argmax predictions [N] (bool: pneumonia) without autograd, batched, AMP on CUDA."""
@@ -126,15 +146,20 @@ def measure(models: list[LoadedModel], attack: FGSM, data: AttackSet, batch: int
     for lm in tqdm(models, desc="probing targets", unit="model", disable=not progress):
         net = _on(lm.model, device)
         target = lm.entry.name
+        adv_wrong = {src: torch.empty(len(attacked_idx[src]), dtype=torch.bool) for src in names}
+        for piece in _stream({src: len(attacked_idx[src]) for src in names}, batch):
+            x_adv = torch.cat([attack.apply(data.images[attacked_idx[src][sl]], steps[src][sl])
+                               for src, sl in piece])
+            wrong = ~predict_labels(net, x_adv, batch, device)
+            at = 0
+            for src, sl in piece:
+                n = sl.stop - sl.start
+                adv_wrong[src][sl] = wrong[at : at + n]
+                at += n
         for source in names:
-            idx = attacked_idx[source]
-            adv_wrong = torch.empty(len(idx), dtype=torch.bool)
-            for s in _batches(len(idx), batch):
-                x_adv = attack.apply(data.images[idx[s]], steps[source][s])
-                adv_wrong[s] = ~predict_labels(net, x_adv, batch, device)
-            before = correct[target][idx]
+            before = correct[target][attacked_idx[source]]
             result.cells.append(Cell(source, target, int(before.sum()),
-                                     int((before & adv_wrong).sum())))
+                                     int((before & adv_wrong[source]).sum())))
         lm.model.to("cpu")
         log.info("probed %s with %d adversarial sets", target, len(names))
     return result

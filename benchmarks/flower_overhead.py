@@ -6,7 +6,7 @@ between two consecutive per-round global checkpoints; each site reports the seco
 spent training. Both come from the same run. `--metrics FILE` analyses an existing run
 instead (for example runs/demo/checkpoints/metrics.jsonl after `make demo`).
 
-    python benchmarks/flower_overhead.py [--rounds 2] [--patients 200] [--size 64]
+    python benchmarks/flower_overhead.py [--rounds 2] [--patients 200] [--size 64] [--local-epochs 2]
     python benchmarks/flower_overhead.py --metrics runs/demo/checkpoints/metrics.jsonl
 """
 
@@ -59,7 +59,7 @@ def run_benchmark(args: argparse.Namespace) -> list[dict]:
             "data.datasets.nih.root": str(out / "data" / "nih"),
             "data.datasets.rsna.root": str(out / "data" / "rsna"),
             "federation.architectures": [args.arch], "federation.rounds": args.rounds,
-            "training.finetune_epochs": 0,
+            "training.finetune_epochs": 0, "training.local_epochs": args.local_epochs,
         })
         t0 = time.monotonic()
         store = federate(cfg)
@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--patients", type=int, default=200)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--arch", default="resnet50")
+    p.add_argument("--local-epochs", type=int, default=2, help="local epochs per round (demo: 2)")
     p.add_argument("--metrics", type=Path, help="analyse this metrics.jsonl instead of running")
     args = p.parse_args()
     if args.metrics:

@@ -87,3 +87,16 @@ def test_transferability_arithmetic_on_a_known_case() -> None:
     assert cells["none", "low"].transferability is None
     csv_rows = matrix_csv(m).splitlines()
     assert csv_rows[1] == "low,0.3333,0.5000,"
+
+
+def test_probe_stream_fills_batches_across_sets() -> None:
+    from attack.transfer import _stream
+
+    sizes = {"a": 5, "b": 0, "c": 7, "d": 3}
+    pieces = list(_stream(sizes, 4))
+    assert [sum(s.stop - s.start for _, s in p) for p in pieces] == [4, 4, 4, 3]
+    covered: dict[str, list[int]] = {k: [] for k in sizes}
+    for piece in pieces:
+        for name, s in piece:
+            covered[name] += list(range(s.start, s.stop))
+    assert covered == {k: list(range(n)) for k, n in sizes.items()}

@@ -176,12 +176,12 @@ def test_attack_service_reports_on_the_store(deployment) -> None:
     assert (out / "report.md").is_file()
 
 
-def _refused(deployment, host: str, cmd: list[str], name: str) -> str:
+def _refused(deployment, host: str, cmd: list[str], name: str, **env: str) -> str:
     """Run a SuperNode that must give up; its process group is stopped afterwards (Flower's
     SuperExec child can outlive the node and would hold a captured pipe open)."""
     group = ProcessGroup(deployment["tmp"] / "logs" / name.replace(" ", "-"))
-    m = group.start("node", deployment["net"].run_in(host, cmd), {"OMP_NUM_THREADS": "1",
-                                                                   "PATH": path_with_bin()})
+    m = group.start("node", deployment["net"].run_in(host, cmd),
+                    {"OMP_NUM_THREADS": "1", "PATH": path_with_bin(), **env})
     try:
         rc = m.proc.wait(timeout=180)
     except subprocess.TimeoutExpired:
@@ -194,12 +194,13 @@ def _refused(deployment, host: str, cmd: list[str], name: str) -> str:
 
 
 def test_unregistered_key_is_refused(deployment, tmp_path: Path) -> None:
+    """Through the separate-machine script, with a valid key that was never registered."""
     key = make_site_key(tmp_path / "intruder.key")
-    sites = deployment["paths"]["/sites"]
-    cmd = [str(BIN / "fedattack"), "deploy", "supernode", "--site", "A", "--superlink",
-           f"{deployment['link_ip']}:9093", "--data", str(sites / "A"), "--root-certificates",
-           str(sites / "A" / "ca.crt"), "--key", str(key), "--port", "9195", "--max-retries", "2"]
-    text = _refused(deployment, "site-a", cmd, "an unregistered key")
+    cmd = [str(REPO / "deploy" / "site-host.sh"), "A", f"{deployment['link_ip']}:9093",
+           str(deployment["paths"]["/sites"] / "A")]
+    text = _refused(deployment, "site-a", cmd, "an unregistered key", KEY=str(key), MAX_RETRIES="2",
+                    PORT="9195")
+    assert "TLS + node authentication" in text
     assert "Failed to activate SuperNode" in text or "305" in text, text[-3000:]
 
 
@@ -239,8 +240,8 @@ def test_attack_host_pulls_the_store_over_https(deployment, tmp_path: Path) -> N
     d, net = deployment, deployment["net"]
     store = d["paths"]["/runs"] / "checkpoints"
     serve = d["group"].start("serve-store", net.run_in("link", [
-        str(BIN / "fedattack"), "deploy", "serve-store", "--store", str(store), "--credentials",
-        str(d["paths"]["/credentials"]), "--port", "8443"]))
+        str(REPO / "deploy" / "server-host.sh"), "serve-store"]),
+        {"PATH": path_with_bin(), "STORE": str(store), "CREDENTIALS": str(d["paths"]["/credentials"])})
     wait_for_port(d["link_ip"], 8443, 60, serve.proc, serve.log_path)
     url = f"https://{d['link_ip']}:8443"
     snap = read_manifest(url, tls_context(d["paths"]["/credentials"] / "ca.crt"))

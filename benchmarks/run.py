@@ -1,0 +1,308 @@
+"""Every benchmark, one command:  make benchmark  (= python -m benchmarks.run)
+
+Each figure is a ratio against a baseline timed in the same run (the machine is noisy),
+printed with the raw times:
+
+  attack    the full transfer job vs the compute bound (the bare passes it cannot avoid:
+            one clean forward per image per model, one forward+backward per crafted image
+            on its source, one forward per probed image per target) and vs the peer
+            baseline (torchattacks' FGSM per source, then a plain evaluation loop per
+            source/target pair)
+  scaling   time and peak RSS of the job for 3, 6, 9, 15 models; fit to M crafts + M^2 probes
+  memory    peak RSS of the job for 15 models at 224 px
+  data      warm-cache loading time per epoch / training step time; decode throughput of
+            PNG and JPEG Baseline DICOM against bare Pillow / pydicom
+  flower    a round's wall time / the slowest site's training time (ResNet50, loopback)
+
+    python -m benchmarks.run [--only attack,scaling,memory,data,flower] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHS = ("resnet50", "densenet121", "inception_v3")
+SECTIONS = ("attack", "scaling", "memory", "data", "flower")
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def best_of(repeats: int, fns: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """Interleaved repeats (A B C A B C ...), the best time of each: noise only adds."""
+    out = {k: float("inf") for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            out[k] = min(out[k], timed(fn))
+    return out
+
+
+# --- the attack job ---------------------------------------------------------------------------
+
+def make_models(m: int, size: int) -> list:
+    """`m` untrained models cycling through the three architectures, their heads biased to
+    'pneumonia' so that every image is classified correctly and attacked (the full load)."""
+    from attack.transfer import LoadedModel
+    from shared.models import build_model
+
+    torch.manual_seed(0)
+    models = []
+    for i in range(m):
+        arch = ARCHS[i % len(ARCHS)]
+        net = build_model(arch, size, 1).eval()
+        head = net.net.get_classifier()
+        with torch.no_grad():
+            head.bias.copy_(torch.tensor([-20.0, 20.0]))
+        models.append(LoadedModel(SimpleNamespace(name=f"{arch}-{i}"), net))
+    return models
+
+
+def attack_images(n: int, size: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, size, size, generator=g)
+
+
+def run_job(models: list, x: torch.Tensor, batch: int, device: torch.device | None = None):
+    from attack.attacks import FGSM
+    from attack.transfer import AttackSet, measure
+
+    data = AttackSet(x, tuple(str(i) for i in range(len(x))))
+    return measure(models, FGSM(0.02), data, batch, device or torch.device("cpu"), progress=False)
+
+
+def bound_passes(models: list, x: torch.Tensor, batch: int) -> None:
+    """The passes no implementation can avoid, as bare loops over ready tensors."""
+    nets = [lm.model for lm in models]
+    for net in nets:
+        for p in net.parameters():
+            p.requires_grad_(False)
+    y = torch.ones(batch, dtype=torch.long)
+    with torch.inference_mode():
+        for net in nets:  # clean predictions (which images each model gets right)
+            for i in range(0, len(x), batch):
+                net(x[i : i + batch])
+    for net in nets:  # one forward+backward per crafted image, on its source
+        for i in range(0, len(x), batch):
+            xi = x[i : i + batch].clone().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(net(xi), y[: len(xi)]), xi)
+    probes = x.repeat(len(nets), 1, 1, 1)  # every source's adversarial set
+    with torch.inference_mode():
+        for net in nets:  # one forward per probed image per target
+            for i in range(0, len(probes), batch):
+                net(probes[i : i + batch])
+
+
+def peer_baseline(models: list, x: torch.Tensor, batch: int) -> None:
+    """The usual way: torchattacks' FGSM per source, a plain evaluation loop per pair."""
+    import torchattacks
+
+    def predict(net, imgs):
+        with torch.no_grad():
+            return torch.cat([net(imgs[i : i + batch]).argmax(1) for i in range(0, len(imgs), batch)])
+
+    y = torch.ones(len(x), dtype=torch.long)
+    adv, correct = {}, {}
+    for lm in models:
+        correct[lm.entry.name] = predict(lm.model, x) == 1
+        idx = torch.nonzero(correct[lm.entry.name]).flatten()
+        atk = torchattacks.FGSM(lm.model, eps=0.02)
+        adv[lm.entry.name] = (idx, torch.cat([atk(x[idx[i : i + batch]], y[idx[i : i + batch]])
+                                              for i in range(0, len(idx), batch)]))
+    for target in models:
+        for _src, (idx, xa) in adv.items():
+            wrong = predict(target.model, xa) != 1
+            int((correct[target.entry.name][idx] & wrong).sum())
+
+
+def bench_attack(args: argparse.Namespace) -> None:
+    size, n, batch = args.attack_size, args.attack_images, 32
+    models = make_models(3, size)
+    x = attack_images(n, size)
+    run_job(models, x[:batch], batch)  # warm-up (first calls are slow)
+    t = best_of(args.repeats, {"job": lambda: run_job(models, x, batch),
+                               "bound": lambda: bound_passes(models, x, batch),
+                               "peer": lambda: peer_baseline(models, x, batch)})
+    print(f"\n[attack] 3 models (one per architecture), {n} images at {size} px, batch {batch}, "
+          f"CPU, best of {args.repeats}")
+    print(f"  transfer job {t['job']:.2f}s | compute bound {t['bound']:.2f}s | "
+          f"peer (torchattacks + per-pair loops) {t['peer']:.2f}s")
+    print(f"  bound / job = {t['bound'] / t['job']:.3f}  (target >= 0.90)")
+    print(f"  peer / job  = {t['peer'] / t['job']:.3f}  (target >= 1.00: never slower)")
+
+
+def _child(args: argparse.Namespace) -> None:
+    """One job in a fresh process (its peak RSS is its own)."""
+    torch.set_num_threads(args.threads)
+    models = make_models(args.models, args.attack_size)
+    x = attack_images(args.attack_images, args.attack_size)
+    t = timed(lambda: run_job(models, x, 32))
+    print(json.dumps({"seconds": t}))
+
+
+def run_child(m: int, size: int, n: int, threads: int) -> tuple[float, float]:
+    """(job seconds, peak RSS GiB) of the job with `m` models in a child process."""
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", "--child", "--models", str(m),
+                             "--attack-size", str(size), "--attack-images", str(n),
+                             "--threads", str(threads)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child failed ({proc.returncode})")
+    return float(json.loads(out.strip().splitlines()[-1])["seconds"]), usage.ru_maxrss / 2**20
+
+
+def bench_scaling(args: argparse.Namespace) -> None:
+    sizes = (3, 6, 9) if args.quick else (3, 6, 9, 15)
+    n, size = args.scaling_images, args.scaling_size
+    print(f"\n[scaling] {n} images at {size} px per job; one process per job")
+    rows = [(m, *run_child(m, size, n, torch.get_num_threads())) for m in sizes]
+    # least squares: t = a*M (crafts + clean passes) + b*M^2 (probes)
+    a_mat = np.array([[m, m * m] for m, _, _ in rows], dtype=float)
+    coef, *_ = np.linalg.lstsq(a_mat, np.array([t for _, t, _ in rows]), rcond=None)
+    print(f"  {'models':>6} {'seconds':>8} {'fit a*M+b*M^2':>14} {'s per cell':>10} {'peak RSS GiB':>12}")
+    for m, t, rss in rows:
+        print(f"  {m:>6} {t:>8.1f} {coef[0] * m + coef[1] * m * m:>14.1f} {t / (m * m):>10.2f} "
+              f"{rss:>12.2f}")
+    print(f"  fit: a = {coef[0]:.2f} s per model (crafting), b = {coef[1]:.3f} s per source/target "
+          f"pair (probing)")
+
+
+def bench_memory(args: argparse.Namespace) -> None:
+    m = 9 if args.quick else 15
+    t, rss = run_child(m, 224, args.memory_images, torch.get_num_threads())
+    print(f"\n[memory] {m} models at 224 px, {args.memory_images} images, CPU: peak RSS {rss:.2f} GiB "
+          f"(target <= 4 GiB), {t:.0f}s")
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+def bench_data(args: argparse.Namespace) -> None:
+    import pydicom
+    from PIL import Image
+
+    from shared.config import load_config
+    from shared.data.cache import load_cached
+    from shared.data.images import read_image
+    from shared.data.splits import load_manifest, make_splits, site_manifest_path
+    from shared.data.synth import synthesize
+    from shared.data.torchdata import make_loader
+    from shared.models import build_model
+    from shared.training import make_optimizer, train_epochs
+
+    with tempfile.TemporaryDirectory(prefix="fedattack-bench-") as tmp:
+        out = Path(tmp)
+        synthesize(out / "data", args.data_patients, 256, seed=2)
+        cfg = load_config(REPO / "configs" / "demo.yaml", {
+            "output_dir": str(out / "run"), "data.datasets.nih.root": str(out / "data" / "nih"),
+            "data.datasets.rsna.root": str(out / "data" / "rsna"), "data.workers": 0})
+        make_splits(cfg.data, cfg.seed, cfg.splits_dir)
+        manifest = load_manifest(site_manifest_path(cfg.splits_dir, "C"))
+        part = load_cached(manifest, "train", cfg.data.image_size, cfg.cache_dir, 0)
+        part = load_cached(manifest, "train", cfg.data.image_size, cfg.cache_dir, 0)  # warm
+        loader = make_loader(part, 1, cfg.training.batch_size, True, 0, 0)
+        model = build_model("resnet50", cfg.data.image_size, 1)
+        opt = make_optimizer(model, cfg.training.optimizer)
+        train_epochs(model, loader, opt, 1, torch.device("cpu"))  # warm-up
+
+        def load_only() -> None:
+            for _x, _y in loader:
+                pass
+
+        t = best_of(args.repeats, {"load": load_only,
+                                   "train": lambda: train_epochs(model, loader, opt, 1, torch.device("cpu"))})
+        print(f"\n[data] site C's train part, {len(part)} images at {cfg.data.image_size} px, warm cache; "
+              f"ResNet50, batch {cfg.training.batch_size}, CPU")
+        print(f"  loading per epoch {t['load']:.3f}s | training epoch {t['train']:.2f}s (loading included)")
+        print(f"  loading / training = {t['load'] / t['train']:.4f}  (target <= 0.05)")
+
+        pngs = sorted((out / "data" / "nih").rglob("*.png"))
+        dcms = sorted((out / "data" / "rsna").rglob("*.dcm"))
+
+        def ours(files):
+            return lambda: [read_image(p) for p in files]
+
+        def bare_png():
+            return [np.asarray(Image.open(p).convert("L")) for p in pngs]
+
+        def bare_dcm():
+            return [pydicom.dcmread(p).pixel_array for p in dcms]
+
+        d = best_of(args.repeats, {"png": ours(pngs), "png-bare": bare_png, "dcm": ours(dcms),
+                                   "dcm-bare": bare_dcm})
+        print(f"  decode, 256 px synthetic files: PNG {len(pngs) / d['png']:.0f} img/s vs bare Pillow "
+              f"{len(pngs) / d['png-bare']:.0f} img/s (ratio {d['png-bare'] / d['png']:.2f}); "
+              f"JPEG Baseline DICOM {len(dcms) / d['dcm']:.0f} img/s vs bare pydicom "
+              f"{len(dcms) / d['dcm-bare']:.0f} img/s (ratio {d['dcm-bare'] / d['dcm']:.2f})")
+
+
+def bench_flower(args: argparse.Namespace) -> None:
+    from benchmarks.flower_overhead import report, run_benchmark
+
+    if args.flower_metrics:
+        rows = [json.loads(x) for x in Path(args.flower_metrics).read_text().splitlines()]
+        report(rows, "resnet50", f"resnet50, from {args.flower_metrics}")
+        return
+    for epochs in args.flower_epochs:
+        ns = argparse.Namespace(rounds=2, patients=200, size=64, arch="resnet50", local_epochs=epochs)
+        report(run_benchmark(ns), "resnet50", f"resnet50 at 64 px, {epochs} local epoch(s) per round, "
+               "4 sites on loopback, this machine")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--attack-size", type=int, default=96)
+    p.add_argument("--attack-images", type=int, default=96)
+    p.add_argument("--scaling-size", type=int, default=64)
+    p.add_argument("--scaling-images", type=int, default=32)
+    p.add_argument("--memory-images", type=int, default=8)
+    p.add_argument("--data-patients", type=int, default=120)
+    p.add_argument("--flower-metrics", help="analyse this metrics.jsonl instead of running a federation")
+    p.add_argument("--flower-epochs", type=int, nargs="+", default=[2, 12],
+                   help="local epochs per round of each Flower run (2: the demo; 12: longer training)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--models", type=int, default=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        _child(args)
+        return
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.repeats, args.attack_images, args.scaling_images, args.memory_images = 1, 32, 16, 4
+        args.data_patients = 60
+    print(f"fedattack benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
+          f"{args.threads} threads, {os.cpu_count()} CPUs, peak RSS so far "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    run = {"attack": bench_attack, "scaling": bench_scaling, "memory": bench_memory,
+           "data": bench_data, "flower": bench_flower}
+    for name in args.only.split(","):
+        if name not in run:
+            raise SystemExit(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")
+        run[name](args)
+
+
+if __name__ == "__main__":
+    main()

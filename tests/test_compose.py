@@ -1,0 +1,86 @@
+"""docker-compose.yml and its override files: valid in every combination (Debian's
+docker-compose validates without an engine), and every service runs a project command
+that parses with the project's own CLI (the multi-host test runs those same commands)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from shared.cli import build_parser
+from tests.conftest import REPO
+
+OVERRIDES = ["docker-compose.gpu.yml", "docker-compose.insecure.yml"]
+COMBINATIONS = [["docker-compose.yml", *c] for n in range(len(OVERRIDES) + 1)
+                for c in itertools.combinations(OVERRIDES, n)]
+
+
+def _docker_compose() -> str:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose is missing; .ci/run installs it (apt-get install docker-compose)")
+        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+    return exe
+
+
+@pytest.mark.parametrize("files", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
+def test_compose_files_validate(files: list[str]) -> None:
+    args = [a for f in files for a in ("-f", f)]
+    res = subprocess.run([_docker_compose(), *args, "config", "-q"], cwd=REPO, capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def _merged(files: list[str]) -> dict:
+    res = subprocess.run([_docker_compose(), *[a for f in files for a in ("-f", f)], "config"],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return yaml.safe_load(res.stdout)
+
+
+@pytest.mark.parametrize("files", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
+def test_every_service_runs_a_project_command(files: list[str]) -> None:
+    services = _merged(files)["services"]
+    expected = {"superlink", "site-a", "site-b", "site-c", "site-d", "data-init", "job", "attack"}
+    assert expected <= set(services)
+    for name, svc in services.items():
+        cmd = svc["command"]
+        assert cmd[0] == "fedattack", name
+        build_parser().parse_args(cmd[1:])  # exits (fails the test) on an unknown option
+
+
+def test_secure_by_default_and_insecure_only_by_override() -> None:
+    default = _merged(["docker-compose.yml"])["services"]
+    for name, svc in default.items():
+        assert "--insecure" not in svc["command"], name
+    for site in "abcd":
+        cmd = default[f"site-{site}"]["command"]
+        assert "--root-certificates" in cmd and "--key" in cmd
+        # a site mounts its own volume and nothing else: no other site's data, no CA key
+        assert [v.split(":")[0] for v in default[f"site-{site}"]["volumes"]] == [f"site-{site}"]
+    assert "--credentials" in default["superlink"]["command"]
+    insecure = _merged(["docker-compose.yml", "docker-compose.insecure.yml"])["services"]
+    assert "--insecure" in insecure["superlink"]["command"]
+
+
+def test_gpu_override_reserves_a_gpu_per_site_and_for_the_attack() -> None:
+    services = _merged(["docker-compose.yml", "docker-compose.gpu.yml"])["services"]
+    for name in ("site-a", "site-b", "site-c", "site-d", "attack"):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"], name
+    assert "deploy" not in _merged(["docker-compose.yml"])["services"]["site-a"]
+
+
+def test_dockerfile_builds_from_project_files_as_non_root() -> None:
+    text = (REPO / "deploy" / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY"):
+            src = line.split()[1:-1]
+            assert all((REPO / s.rstrip("/")).exists() for s in src), line
+    assert "USER fedattack" in text and 'torch==2.14.1' in text
