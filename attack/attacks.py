@@ -41,6 +41,22 @@ class FGSM:
         """The signed gradient, int8 in {-1, 0, 1}: one byte per pixel for the whole attack."""
         return input_gradient(model, x, y).sign().to(torch.int8)
 
+    def correct_and_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         min_correct: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The clean prediction and the attack step from one forward pass: which of `x` the
+        model classifies as `y`, and the step of those (None when fewer than `min_correct`
+        of the batch are right: a backward over the whole batch would then cost more than a
+        fresh forward+backward over the correct ones). Per-sample gradients do not depend
+        on the rest of the batch (eval mode); the loss is the mean over the correct
+        images, as if they had been a batch of their own."""
+        x = x.detach().clone().requires_grad_(True)
+        logits = model(x)
+        ok = logits.detach().argmax(1) == y
+        if int(ok.sum()) == 0 or float(ok.float().mean()) < min_correct:
+            return ok, None
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits[ok], y[ok]), x)
+        return ok, grad[ok].sign().to(torch.int8)
+
     def apply(self, x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         """Rebuild the adversarial images from the clean ones and the stored step."""
         return torch.clamp(x + self.eps * step.to(x.dtype), 0.0, 1.0)

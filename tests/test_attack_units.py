@@ -100,3 +100,25 @@ def test_probe_stream_fills_batches_across_sets() -> None:
         for name, s in piece:
             covered[name] += list(range(s.start, s.stop))
     assert covered == {k: list(range(n)) for k, n in sizes.items()}
+
+
+def test_fused_clean_pass_gives_the_separate_passes_results() -> None:
+    """CPU crafting fuses the clean prediction with the attack's forward pass; whatever share
+    of a batch is right, it must give the same predictions and steps as a clean pass
+    followed by FGSM on the correctly classified images alone."""
+    from attack.transfer import FUSE_MIN_CORRECT, clean_and_craft, craft, predict_labels
+
+    torch.manual_seed(1)
+    model = build_model("resnet18", image_size=48, channels=1).eval()
+    x = torch.rand(20, 1, 48, 48)
+    with torch.no_grad():  # about half of the images predicted pneumonia
+        score = model(x)[:, 1] - model(x)[:, 0]
+        model.net.get_classifier().bias[1] -= float(score.median())
+    cpu = torch.device("cpu")
+    for batch in (4, 7, 20):  # batches on both sides of FUSE_MIN_CORRECT
+        correct, steps = clean_and_craft(model, FGSM(0.02), x, batch, cpu)
+        ref_correct = predict_labels(model, x, batch, cpu)
+        assert torch.equal(correct, ref_correct)
+        ref = craft(model, FGSM(0.02), x[ref_correct], len(x), cpu)
+        assert torch.equal(steps, ref), batch
+    assert 0 < float(ref_correct.float().mean()) < 1 and FUSE_MIN_CORRECT > 0.5
