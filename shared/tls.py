@@ -55,6 +55,15 @@ def _write(path: Path, data: bytes, private: bool) -> None:
     tmp.replace(path)
 
 
+def _write_pair(out: Path, cert_name: str, cert: x509.Certificate, key_name: str,
+                key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    """A PEM certificate (0644) and its unencrypted PKCS8 key (0600); returns both paths."""
+    _write(out / key_name, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                             serialization.NoEncryption()), private=True)
+    _write(out / cert_name, cert.public_bytes(serialization.Encoding.PEM), private=False)
+    return out / cert_name, out / key_name
+
+
 def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedattack"),
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -79,11 +88,7 @@ def make_ca(out: Path, days: int = 825) -> tuple[Path, Path]:
                        critical=True)
         .sign(key, hashes.SHA384())
     )
-    _write(out / CA_KEY, key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()), private=True)
-    _write(out / CA_CERT, cert.public_bytes(serialization.Encoding.PEM), private=False)
-    return out / CA_CERT, out / CA_KEY
+    return _write_pair(out, CA_CERT, cert, CA_KEY, key)
 
 
 def make_server_cert(out: Path, sans: list[str], days: int = 825) -> tuple[Path, Path]:
@@ -104,11 +109,7 @@ def make_server_cert(out: Path, sans: list[str], days: int = 825) -> tuple[Path,
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    _write(out / SERVER_KEY, key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()), private=True)
-    _write(out / SERVER_CERT, cert.public_bytes(serialization.Encoding.PEM), private=False)
-    return out / SERVER_CERT, out / SERVER_KEY
+    return _write_pair(out, SERVER_CERT, cert, SERVER_KEY, key)
 
 
 def make_site_key(path: Path) -> Path:
