@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup demo test lint benchmark clean
+.PHONY: setup demo test unit lint typecheck benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -18,16 +18,23 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/fedattack demo --config configs/demo.yaml
 
-test: setup
-	$(PY) -m ruff check .
+# Everything CI runs: formatting and lint, types, the whole suite (end-to-end included).
+test: lint typecheck
 	$(PY) -m pytest
+
+# The unit tests only (no real Flower processes, no containers): a minute or two.
+unit: setup
+	$(PY) -m pytest -m "not e2e"
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: setup
+	$(PY) -m mypy
 
 benchmark: setup
 	$(PY) -m benchmarks.run
 
-lint: setup
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check . || true
-
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

@@ -1,11 +1,12 @@
 """The attack registry. Attacks take and return [0, 1] image tensors; normalization lives
-inside the models. Each attack holds only its maths."""
+inside the models. Each attack holds only its maths; the measurement (attack.transfer)
+owns batching and devices and works with any attack through the `Attack` protocol."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,11 +16,25 @@ from shared.errors import AttackError
 
 
 class Attack(Protocol):
-    """Maps clean images and their labels to adversarial images, all in [0, 1]."""
+    """What the measurement needs from an attack.
 
-    name: str
+    `craft` returns a compact code of the adversarial images (the measurement holds the
+    codes of every source until every target has probed them) and `apply` rebuilds the
+    adversarial images exactly from the clean ones and the code. `uses_clean_gradient`
+    says whether `craft` can take the gradient of CE(model(x), y) at the clean images,
+    which the measurement gets almost for free from its clean pass."""
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def uses_clean_gradient(self) -> bool: ...
+
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+    def apply(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor: ...
 
 
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -32,47 +47,32 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.
 
 @dataclass(frozen=True)
 class FGSM:
-    """x_adv = clip(x + eps * sign(grad_x CE(f(x), y)), 0, 1) (Goodfellow et al., 2015)."""
+    """x_adv = clip(x + eps * sign(grad_x CE(f(x), y)), 0, 1) (Goodfellow et al., 2015).
+    Its code is the signed gradient as int8 in {-1, 0, 1}: one byte per pixel."""
 
     eps: float
-    name: str = "fgsm"
+    name: ClassVar[str] = "fgsm"
+    uses_clean_gradient: ClassVar[bool] = True
 
-    def step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The signed gradient, int8 in {-1, 0, 1}: one byte per pixel for the whole attack."""
-        return input_gradient(model, x, y).sign().to(torch.int8)
+    def craft(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        g = input_gradient(model, x, y) if grad is None else grad
+        return g.sign().to(torch.int8)
 
-    def correct_and_step(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                         min_correct: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The clean prediction and the attack step from one forward pass: which of `x` the
-        model classifies as `y`, and the step of those (None when fewer than `min_correct`
-        of the batch are right: a backward over the whole batch would then cost more than a
-        fresh forward+backward over the correct ones). Per-sample gradients do not depend
-        on the rest of the batch (eval mode); the loss is the mean over the correct
-        images, as if they had been a batch of their own."""
-        x = x.detach().clone().requires_grad_(True)
-        logits = model(x)
-        ok = logits.detach().argmax(1) == y
-        if int(ok.sum()) == 0 or float(ok.float().mean()) < min_correct:
-            return ok, None
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits[ok], y[ok]), x)
-        return ok, grad[ok].sign().to(torch.int8)
-
-    def apply(self, x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
-        """Rebuild the adversarial images from the clean ones and the stored step."""
-        return torch.clamp(x + self.eps * step.to(x.dtype), 0.0, 1.0)
+    def apply(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        return torch.clamp(x + self.eps * code.to(x.dtype), 0.0, 1.0)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.apply(x, self.step(model, x, y))
+        return self.apply(x, self.craft(model, x, y))
 
 
 REGISTRY: dict[str, Callable[..., Attack]] = {"fgsm": FGSM}
 
 
-def build_attack(name: str, eps: float) -> FGSM:
-    """The attack called `name` (only FGSM so far; PGD/MI-FGSM/UAP register here)."""
-    if not 0.0 < eps <= 1.0:
-        raise AttackError(f"eps must be in (0, 1] (pixel space [0, 1]), got {eps}")
+def build_attack(name: str, eps: float) -> Attack:
+    """The registered attack called `name` (eps is validated where the config is parsed)."""
     try:
-        return REGISTRY[name](eps=eps)  # type: ignore[return-value]
+        return REGISTRY[name](eps=eps)
     except KeyError:
         raise AttackError(f"unknown attack {name!r}; registered: {sorted(REGISTRY)}") from None

@@ -18,8 +18,10 @@ from typing import Any
 
 import torch
 
+from shared.checkpoint import ModelEntry, decode_state, sha256_bytes
 from shared.errors import CheckpointError
-from shared.store import MANIFEST, ModelEntry, decode_state, sha256_bytes
+from shared.io import atomic_write
+from shared.store import MANIFEST
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +42,12 @@ def tls_context(root_certificates: Path | None) -> ssl.SSLContext | None:
         raise CheckpointError(f"{root_certificates}: not a usable CA certificate ({e.reason})") from None
 
 
-def read_bytes(location: str, name: str, timeout: float = 60.0,
-               context: ssl.SSLContext | None = None) -> bytes:
+def read_bytes(
+    location: str, name: str, timeout: float = 60.0, context: ssl.SSLContext | None = None
+) -> bytes:
     """Bytes of `name` inside the store at `location` (path, http(s):// or fsspec URL)."""
     if location.startswith("file://"):
-        location = location[len("file://"):]
+        location = location[len("file://") :]
     if not _is_url(location):
         path = Path(location) / name
         try:
@@ -102,8 +105,9 @@ def read_manifest(location: str, context: ssl.SSLContext | None = None) -> Store
     return StoreSnapshot(location, manifest, models, context)
 
 
-def wait_for_complete(location: str, poll_s: float = 10.0, timeout_s: float | None = None,
-                      context: ssl.SSLContext | None = None) -> StoreSnapshot:
+def wait_for_complete(
+    location: str, poll_s: float = 10.0, timeout_s: float | None = None, context: ssl.SSLContext | None = None
+) -> StoreSnapshot:
     """Block until the store's manifest says complete (the service mode)."""
     start = time.monotonic()
     announced = False
@@ -131,10 +135,7 @@ def fetch_state(snapshot: StoreSnapshot, entry: ModelEntry, cache_dir: Path) -> 
             data = local.read_bytes()
         else:
             data = read_bytes(snapshot.location, entry.file, context=snapshot.context)
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_suffix(".part")
-            tmp.write_bytes(data)
-            tmp.replace(local)
+            atomic_write(local, data)
     else:
         data = read_bytes(snapshot.location, entry.file)
     return decode_state(data, entry.sha256, f"{snapshot.location}/{entry.file}")

@@ -11,29 +11,38 @@ from pathlib import Path
 from typing import Any
 
 from attack.transfer import Cell, Measurement
-from shared.store import ModelEntry
+from shared.checkpoint import ModelEntry
+from shared.io import atomic_path, atomic_write
 
 # The study's published mean (sd) drop per architecture, in percent.
 PUBLISHED = {"resnet50": (54.6, 4.4), "densenet121": (35.2, 6.8), "inception_v3": (17.9, 5.5)}
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def results_json(m: Measurement, entries: dict[str, ModelEntry], meta: dict[str, Any]) -> dict:
     return {
         **meta,
-        "models": [{"name": n, "arch": entries[n].arch, "kind": entries[n].kind,
-                    "site": entries[n].site, "sha256": entries[n].sha256} for n in m.models],
-        "sources": {n: {"n_attacked": len(m.attacked[n]), "attacked": m.attacked[n]}
-                    for n in m.models},
-        "cells": [{"source": c.source, "target": c.target, "white_box": c.source == c.target,
-                   "n_correct_before": c.n_correct_before,
-                   "n_misclassified_after": c.n_misclassified_after,
-                   "transferability": c.transferability} for c in m.cells],
+        "models": [
+            {
+                "name": n,
+                "arch": entries[n].arch,
+                "kind": entries[n].kind,
+                "site": entries[n].site,
+                "sha256": entries[n].sha256,
+            }
+            for n in m.models
+        ],
+        "sources": {n: {"n_attacked": len(m.attacked[n]), "attacked": m.attacked[n]} for n in m.models},
+        "cells": [
+            {
+                "source": c.source,
+                "target": c.target,
+                "white_box": c.source == c.target,
+                "n_correct_before": c.n_correct_before,
+                "n_misclassified_after": c.n_misclassified_after,
+                "transferability": c.transferability,
+            }
+            for c in m.cells
+        ],
     }
 
 
@@ -85,7 +94,8 @@ def report_md(m: Measurement, entries: dict[str, ModelEntry], meta: dict[str, An
         lines.append(
             f"| {a} | {_stats(vals(cross, lambda c, a=a: arch[c.source] == a))} "
             f"| {_stats(vals(cross, lambda c, a=a: arch[c.target] == a))} "
-            f"| {_stats(vals(white, lambda c, a=a: arch[c.source] == a))} | {pub_s} |")
+            f"| {_stats(vals(white, lambda c, a=a: arch[c.source] == a))} | {pub_s} |"
+        )
     kind = {n: e.kind for n, e in entries.items()}
     lines += [
         "",
@@ -97,22 +107,37 @@ def report_md(m: Measurement, entries: dict[str, ModelEntry], meta: dict[str, An
         "|---|---|---|",
     ]
     for k in ("global", "local"):
-        lines.append(f"| {k} | {_stats(vals(cross, lambda c, k=k: kind[c.target] == k))} "
-                     f"| {_stats(vals(cross, lambda c, k=k: kind[c.source] == k))} |")
-    lines += ["", "## Clean accuracy on the attack set", "",
-              "| model | correct / pneumonia images |", "|---|---|"]
+        lines.append(
+            f"| {k} | {_stats(vals(cross, lambda c, k=k: kind[c.target] == k))} "
+            f"| {_stats(vals(cross, lambda c, k=k: kind[c.source] == k))} |"
+        )
+    lines += [
+        "",
+        "## Clean accuracy on the attack set",
+        "",
+        "| model | correct / pneumonia images |",
+        "|---|---|",
+    ]
     for n in m.models:
         lines.append(f"| {n} | {m.clean_correct[n]} / {meta['n_images']} |")
     if undefined:
-        lines += ["", "## Empty cells", "",
-                  "No attacked image was classified correctly by the target before the attack, "
-                  "so transferability is undefined (empty in matrix.csv, null in results.json):", ""]
+        lines += [
+            "",
+            "## Empty cells",
+            "",
+            "No attacked image was classified correctly by the target before the attack, "
+            "so transferability is undefined (empty in matrix.csv, null in results.json):",
+            "",
+        ]
         lines += [f"- {c.source} -> {c.target}" for c in undefined]
     if meta.get("skipped"):
         lines += ["", "## Skipped models", ""]
         lines += [f"- {s['name']}: {s['reason']}" for s in meta["skipped"]]
-    lines += ["", "Files: results.json (every cell with its counts), matrix.csv, heatmap.png, "
-              "config.yaml.", ""]
+    lines += [
+        "",
+        "Files: results.json (every cell with its counts), matrix.csv, heatmap.png, config.yaml.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -139,21 +164,27 @@ def heatmap_png(m: Measurement, path: Path) -> None:
     for i in range(n):
         for j in range(n):
             txt = "-" if math.isnan(grid[i, j]) else f"{grid[i, j]:.0f}"
-            ax.text(j, i, txt, ha="center", va="center", fontsize=7,
-                    color="white" if not math.isnan(grid[i, j]) and grid[i, j] > 55 else "black")
+            ax.text(
+                j,
+                i,
+                txt,
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if not math.isnan(grid[i, j]) and grid[i, j] > 55 else "black",
+            )
     fig.colorbar(im, ax=ax, label="transferability (%)")
     ax.set_title("FGSM transferability (source -> target)")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_outputs(out: Path, m: Measurement, entries: dict[str, ModelEntry], meta: dict[str, Any]) -> None:
     """Write every output atomically; results.json is deterministic (no timestamps)."""
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_text(out / "results.json", json.dumps(results_json(m, entries, meta), indent=1))
-    _atomic_text(out / "matrix.csv", matrix_csv(m))
-    _atomic_text(out / "report.md", report_md(m, entries, meta))
+    atomic_write(out / "results.json", json.dumps(results_json(m, entries, meta), indent=1))
+    atomic_write(out / "matrix.csv", matrix_csv(m))
+    atomic_write(out / "report.md", report_md(m, entries, meta))
     heatmap_png(m, out / "heatmap.png")

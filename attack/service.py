@@ -30,8 +30,9 @@ def load_attack_set(cfg: ExperimentConfig) -> AttackSet:
     images, ids = [], []
     for path in paths.values():
         manifest = load_manifest(path)
-        part = load_cached(manifest, "test", cfg.data.image_size, cfg.cache_dir, cfg.data.workers,
-                           cfg.data.skip_unreadable)
+        part = load_cached(
+            manifest, "test", cfg.data.image_size, cfg.cache_dir, cfg.data.workers, cfg.data.skip_unreadable
+        )
         pos = np.flatnonzero(part.labels == 1)
         if cfg.attack.max_images_per_dataset is not None:
             pos = pos[: cfg.attack.max_images_per_dataset]
@@ -45,8 +46,9 @@ def load_attack_set(cfg: ExperimentConfig) -> AttackSet:
     return AttackSet(x, tuple(ids))
 
 
-def load_models(snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path,
-                skip_bad: bool) -> tuple[list[LoadedModel], list[dict]]:
+def load_models(
+    snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path, skip_bad: bool
+) -> tuple[list[LoadedModel], list[dict]]:
     """Verify and load every model of the store; refuse (or, with skip_bad, skip) bad ones."""
     models, skipped = [], []
     for entry in snap.models:
@@ -54,7 +56,8 @@ def load_models(snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path,
             if entry.input.size != cfg.data.image_size or entry.input.channels != cfg.data.channels:
                 raise CheckpointError(
                     f"{entry.name}: trained on {entry.input.size} px x {entry.input.channels} ch, "
-                    f"the attack config uses {cfg.data.image_size} px x {cfg.data.channels} ch")
+                    f"the attack config uses {cfg.data.image_size} px x {cfg.data.channels} ch"
+                )
             state = fetch_state(snap, entry, cache)
             model = model_from_state(entry.arch, entry.input, state).eval()
             models.append(LoadedModel(entry, model))
@@ -68,9 +71,15 @@ def load_models(snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path,
     return models, skipped
 
 
-def run_attack(cfg: ExperimentConfig, store: str, out: Path, skip_bad: bool = False,
-               watch: bool = False, progress: bool = True,
-               root_certificates: Path | None = None) -> Path:
+def run_attack(
+    cfg: ExperimentConfig,
+    store: str,
+    out: Path,
+    skip_bad: bool = False,
+    watch: bool = False,
+    progress: bool = True,
+    root_certificates: Path | None = None,
+) -> Path:
     """The whole job; returns the report path. `root_certificates`: the CA that an
     https:// store's certificate must chain to (default: the system's CAs)."""
     attack = build_attack(cfg.attack.name, cfg.attack.eps)
@@ -82,14 +91,22 @@ def run_attack(cfg: ExperimentConfig, store: str, out: Path, skip_bad: bool = Fa
         if not snap.manifest["complete"]:
             raise CheckpointError(
                 f"{store}: the checkpoint store is incomplete (federation still running or "
-                "failed); wait for it, or use --watch")
+                "failed); wait for it, or use --watch"
+            )
     torch.manual_seed(cfg.seed)
     models, skipped = load_models(snap, cfg, out / ".checkpoints", skip_bad)
     data = load_attack_set(cfg)
     log.info("attack set: %d pneumonia images; %d models", len(data), len(models))
     result = measure(models, attack, data, cfg.attack.batch_size, pick_device(), progress)
-    meta = {"attack": attack.name, "eps": attack.eps, "seed": cfg.seed, "store": store,
-            "n_images": len(data), "image_size": cfg.data.image_size, "skipped": skipped}
+    meta = {
+        "attack": attack.name,
+        "eps": cfg.attack.eps,
+        "seed": cfg.seed,
+        "store": store,
+        "n_images": len(data),
+        "image_size": cfg.data.image_size,
+        "skipped": skipped,
+    }
     entries = {m.entry.name: m.entry for m in models}
     write_outputs(out, result, entries, meta)
     cfg.dump(out / "config.yaml")

@@ -6,9 +6,9 @@ transferability(source -> target) = images the target misclassifies after the at
 / images of that attacked set the target classified correctly before it (the numerator
 counts only images in the denominator).
 
-Each model is loaded once. Crafting stores the attack step as int8 (one byte per pixel),
-from which the adversarial images are rebuilt exactly; each target then probes every
-source's adversarial set in one streamed pass, without autograd.
+Each model is loaded once. Crafting keeps each attack's compact code of its adversarial
+images (FGSM: int8 signs, one byte per pixel), from which they are rebuilt exactly; each
+target then probes every source's adversarial set in one streamed pass, without autograd.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from attack.attacks import FGSM
-from shared.store import ModelEntry
+from attack.attacks import Attack
+from shared.checkpoint import ModelEntry
 from shared.training import prepare
 
 log = logging.getLogger(__name__)
@@ -104,43 +105,59 @@ def predict_labels(model: nn.Module, images: torch.Tensor, batch: int, device: t
     return out
 
 
-def craft(model: nn.Module, attack: FGSM, images: torch.Tensor, batch: int,
-          device: torch.device) -> torch.Tensor:
-    """The attack's int8 steps for `images` (all labelled pneumonia) on `model`."""
-    steps = torch.empty(images.shape, dtype=torch.int8)
+def craft(
+    model: nn.Module, attack: Attack, images: torch.Tensor, batch: int, device: torch.device
+) -> torch.Tensor:
+    """The attack's codes for `images` (all labelled pneumonia) on `model`."""
+    parts = []
     for s in _batches(len(images), batch):
         x = images[s].to(device)
         y = torch.ones(len(x), dtype=torch.long, device=device)
-        steps[s] = attack.step(model, x, y).cpu()
-    return steps
+        parts.append(attack.craft(model, x, y).cpu())
+    return torch.cat(parts) if parts else torch.empty((0, *images.shape[1:]))
 
 
-# Fused clean pass + crafting (CPU): forward with autograd once, backward when at least this
-# share of the batch is right. Costs, with f one forward and a backward ~2f: fused 3f,
-# separate f + 3f*share. On CUDA the separate clean pass runs in bfloat16 (much cheaper),
-# so there it stays separate.
+# Fused clean pass + crafting (CPU), for attacks that take the clean gradient: forward
+# with autograd once, backward when at least this share of the batch is right. Costs,
+# with f one forward and a backward ~2f: fused 3f, separate f + 3f*share. On CUDA the
+# separate clean pass is much cheaper, so there it stays separate.
 FUSE_MIN_CORRECT = 2 / 3
 
 
-def clean_and_craft(model: nn.Module, attack: FGSM, images: torch.Tensor, batch: int,
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(correct [N] bool, int8 steps of the correct images in order) for one source."""
-    if device.type != "cpu":
+def _fused_batch(
+    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Which of `x` the model classifies as `y`, and the codes of those, from one forward
+    pass. Per-sample gradients do not depend on the rest of the batch (eval mode); the
+    loss is the mean over the correct images, as if they had been a batch of their own."""
+    xg = x.detach().clone().requires_grad_(True)
+    logits = model(xg)
+    ok = logits.detach().argmax(1) == y
+    if int(ok.sum()) == 0:
+        return ok, None
+    if float(ok.float().mean()) < FUSE_MIN_CORRECT:
+        return ok, attack.craft(model, x[ok], y[ok])
+    (grad,) = torch.autograd.grad(F.cross_entropy(logits[ok], y[ok]), xg)
+    return ok, attack.craft(model, x[ok], y[ok], grad[ok])
+
+
+def clean_and_craft(
+    model: nn.Module, attack: Attack, images: torch.Tensor, batch: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct [N] bool, codes of the correct images in order) for one source."""
+    if device.type != "cpu" or not attack.uses_clean_gradient:
         correct = predict_labels(model, images, batch, device)
         return correct, craft(model, attack, images[correct], batch, device)
     correct = torch.empty(len(images), dtype=torch.bool)
     parts = []
     for s in _batches(len(images), batch):
         x = images[s]
-        y = torch.ones(len(x), dtype=torch.long)
-        ok, step = attack.correct_and_step(model, x, y, FUSE_MIN_CORRECT)
+        ok, code = _fused_batch(model, attack, x, torch.ones(len(x), dtype=torch.long))
         correct[s] = ok
-        if step is None and bool(ok.any()):
-            step = attack.step(model, x[ok], y[ok])
-        if step is not None:
-            parts.append(step)
-    steps = torch.cat(parts) if parts else torch.empty((0, *images.shape[1:]), dtype=torch.int8)
-    return correct, steps
+        if code is not None:
+            parts.append(code)
+    codes = torch.cat(parts) if parts else torch.empty((0, *images.shape[1:]), dtype=torch.int8)
+    return correct, codes
 
 
 def _on(model: nn.Module, device: torch.device) -> nn.Module:
@@ -150,8 +167,14 @@ def _on(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def measure(models: list[LoadedModel], attack: FGSM, data: AttackSet, batch: int,
-            device: torch.device, progress: bool = True) -> Measurement:
+def measure(
+    models: list[LoadedModel],
+    attack: Attack,
+    data: AttackSet,
+    batch: int,
+    device: torch.device,
+    progress: bool = True,
+) -> Measurement:
     """Craft on every source, probe every target; return the counts of every cell."""
     from tqdm import tqdm
 
@@ -159,11 +182,11 @@ def measure(models: list[LoadedModel], attack: FGSM, data: AttackSet, batch: int
     result = Measurement(models=names)
     correct: dict[str, torch.Tensor] = {}
     attacked_idx: dict[str, torch.Tensor] = {}
-    steps: dict[str, torch.Tensor] = {}
+    codes: dict[str, torch.Tensor] = {}
     for lm in tqdm(models, desc=f"crafting {attack.name}", unit="model", disable=not progress):
         net = _on(lm.model, device)
         name = lm.entry.name
-        correct[name], steps[name] = clean_and_craft(net, attack, data.images, batch, device)
+        correct[name], codes[name] = clean_and_craft(net, attack, data.images, batch, device)
         idx = torch.nonzero(correct[name]).flatten()
         attacked_idx[name] = idx
         result.attacked[name] = [data.ids[i] for i in idx.tolist()]
@@ -175,8 +198,9 @@ def measure(models: list[LoadedModel], attack: FGSM, data: AttackSet, batch: int
         target = lm.entry.name
         adv_wrong = {src: torch.empty(len(attacked_idx[src]), dtype=torch.bool) for src in names}
         for piece in _stream({src: len(attacked_idx[src]) for src in names}, batch):
-            x_adv = torch.cat([attack.apply(data.images[attacked_idx[src][sl]], steps[src][sl])
-                               for src, sl in piece])
+            x_adv = torch.cat(
+                [attack.apply(data.images[attacked_idx[src][sl]], codes[src][sl]) for src, sl in piece]
+            )
             wrong = ~predict_labels(net, x_adv, batch, device)
             at = 0
             for src, sl in piece:
@@ -185,8 +209,9 @@ def measure(models: list[LoadedModel], attack: FGSM, data: AttackSet, batch: int
                 at += n
         for source in names:
             before = correct[target][attacked_idx[source]]
-            result.cells.append(Cell(source, target, int(before.sum()),
-                                     int((before & adv_wrong[source]).sum())))
+            result.cells.append(
+                Cell(source, target, int(before.sum()), int((before & adv_wrong[source]).sum()))
+            )
         lm.model.to("cpu")
         log.info("probed %s with %d adversarial sets", target, len(names))
     return result

@@ -28,8 +28,11 @@ def overhead_table(rows: list[dict], arch: str) -> list[tuple[int, float, float]
     for rnd in sorted(saves):
         if rnd - 1 not in saves:
             continue
-        train = [r["train-seconds"] for r in rows
-                 if r["event"] == "site-train" and r["arch"] == arch and r["round"] == rnd]
+        train = [
+            r["train-seconds"]
+            for r in rows
+            if r["event"] == "site-train" and r["arch"] == arch and r["round"] == rnd
+        ]
         if train:
             out.append((rnd, saves[rnd] - saves[rnd - 1], max(train)))
     return out
@@ -47,20 +50,26 @@ def report(rows: list[dict], arch: str, what: str) -> None:
 
 
 def run_benchmark(args: argparse.Namespace) -> list[dict]:
-    from server.launcher import federate
+    from deploy.local import federate
     from shared.config import load_config
     from shared.data.synth import synthesize
 
     with tempfile.TemporaryDirectory(prefix="fedattack-bench-") as tmp:
         out = Path(tmp)
         synthesize(out / "data", args.patients, 128, seed=1)
-        cfg = load_config(REPO / "configs" / "demo.yaml", {
-            "output_dir": str(out / "run"), "data.image_size": args.size,
-            "data.datasets.nih.root": str(out / "data" / "nih"),
-            "data.datasets.rsna.root": str(out / "data" / "rsna"),
-            "federation.architectures": [args.arch], "federation.rounds": args.rounds,
-            "training.finetune_epochs": 0, "training.local_epochs": args.local_epochs,
-        })
+        cfg = load_config(
+            REPO / "configs" / "demo.yaml",
+            {
+                "output_dir": str(out / "run"),
+                "data.image_size": args.size,
+                "data.datasets.nih.root": str(out / "data" / "nih"),
+                "data.datasets.rsna.root": str(out / "data" / "rsna"),
+                "federation.architectures": [args.arch],
+                "federation.rounds": args.rounds,
+                "training.finetune_epochs": 0,
+                "training.local_epochs": args.local_epochs,
+            },
+        )
         t0 = time.monotonic()
         store = federate(cfg)
         print(f"whole run {time.monotonic() - t0:.0f}s")

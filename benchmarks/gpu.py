@@ -55,8 +55,11 @@ def main() -> None:
         print(f"device: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     for arch in ARCHS:
         ips = train_throughput(arch, args.size, args.batch, args.steps, dev)
-        print(f"[train] {arch:<13} {args.size} px, batch {args.batch}, AMP bf16 + channels_last: "
-              f"{ips:,.0f} img/s", flush=True)
+        print(
+            f"[train] {arch:<13} {args.size} px, batch {args.batch}, AMP bf16 + channels_last: "
+            f"{ips:,.0f} img/s",
+            flush=True,
+        )
     print(f"        anchor: {ANCHOR}")
     models = make_models(15, args.size)
     x = attack_images(args.attack_images, args.size)
@@ -67,9 +70,11 @@ def main() -> None:
     _sync(dev)
     t = time.perf_counter() - t0
     crafts, probes = 15 * len(x), 15 * 15 * len(x)
-    print(f"[attack] 15 models, {len(x)} images at {args.size} px: {t:.1f}s; "
-          f"{len(x) / t:.1f} attacked images/s through the whole job, "
-          f"{(crafts + probes) / t:,.0f} model passes/s ({crafts} crafts + {probes} probes)")
+    print(
+        f"[attack] 15 models, {len(x)} images at {args.size} px: {t:.1f}s; "
+        f"{len(x) / t:.1f} attacked images/s through the whole job, "
+        f"{(crafts + probes) / t:,.0f} model passes/s ({crafts} crafts + {probes} probes)"
+    )
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def best_of(repeats: int, fns: dict[str, Callable[[], object]]) -> dict[str, flo
 
 # --- the attack job ---------------------------------------------------------------------------
 
+
 def make_models(m: int, size: int) -> list:
     """`m` untrained models cycling through the three architectures, their heads biased to
     'pneumonia' so that every image is classified correctly and attacked (the full load)."""
@@ -112,8 +113,11 @@ def bound_passes(models: list, x: torch.Tensor, batch: int, attacked: dict[str, 
             torch.autograd.grad(F.cross_entropy(net(xi), y[: len(xi)]), xi)
 
     clean = sum(timed(lambda n=net: forwards(x, n)) for net in nets.values())
-    backward = sum(timed(lambda k=k, n=n: forward_backward(x[: attacked[k]], n))
-                   - timed(lambda k=k, n=n: forwards(x[: attacked[k]], n)) for k, n in nets.items())
+    backward = sum(
+        timed(lambda k=k, n=n: forward_backward(x[: attacked[k]], n))
+        - timed(lambda k=k, n=n: forwards(x[: attacked[k]], n))
+        for k, n in nets.items()
+    )
     probes = torch.cat([x[: attacked[name]] for name in nets])  # every source's adversarial set
     probe = sum(timed(lambda n=net: forwards(probes, n)) for net in nets.values())
     return clean + backward + probe
@@ -133,8 +137,10 @@ def peer_baseline(models: list, x: torch.Tensor, batch: int) -> None:
         correct[lm.entry.name] = predict(lm.model, x) == 1
         idx = torch.nonzero(correct[lm.entry.name]).flatten()
         atk = torchattacks.FGSM(lm.model, eps=0.02)
-        adv[lm.entry.name] = (idx, torch.cat([atk(x[idx[i : i + batch]], y[idx[i : i + batch]])
-                                              for i in range(0, len(idx), batch)]))
+        adv[lm.entry.name] = (
+            idx,
+            torch.cat([atk(x[idx[i : i + batch]], y[idx[i : i + batch]]) for i in range(0, len(idx), batch)]),
+        )
     for target in models:
         for _src, (idx, xa) in adv.items():
             wrong = predict(target.model, xa) != 1
@@ -152,11 +158,15 @@ def bench_attack(args: argparse.Namespace) -> None:
         t["job"] = min(t["job"], timed(lambda: run_job(models, x, batch)))
         t["bound"] = min(t["bound"], bound_passes(models, x, batch, attacked))
         t["peer"] = min(t["peer"], timed(lambda: peer_baseline(models, x, batch)))
-    print(f"\n[attack] 3 models (one per architecture), {n} images at {size} px, batch {batch}, "
-          f"CPU, best of {args.repeats}")
+    print(
+        f"\n[attack] 3 models (one per architecture), {n} images at {size} px, batch {batch}, "
+        f"CPU, best of {args.repeats}"
+    )
     print(f"  images attacked per source: {attacked}")
-    print(f"  transfer job {t['job']:.2f}s | compute bound {t['bound']:.2f}s | "
-          f"peer (torchattacks + per-pair loops) {t['peer']:.2f}s")
+    print(
+        f"  transfer job {t['job']:.2f}s | compute bound {t['bound']:.2f}s | "
+        f"peer (torchattacks + per-pair loops) {t['peer']:.2f}s"
+    )
     print(f"  bound / job = {t['bound'] / t['job']:.3f}  (target >= 0.90)")
     print(f"  peer / job  = {t['peer'] / t['job']:.3f}  (target >= 1.00: never slower)")
 
@@ -172,9 +182,25 @@ def _child(args: argparse.Namespace) -> None:
 
 def run_child(m: int, size: int, n: int, threads: int) -> tuple[float, float]:
     """(job seconds, peak RSS GiB) of the job with `m` models in a child process."""
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.run", "--child", "--models", str(m),
-                             "--attack-size", str(size), "--attack-images", str(n),
-                             "--threads", str(threads)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--child",
+            "--models",
+            str(m),
+            "--attack-size",
+            str(size),
+            "--attack-images",
+            str(n),
+            "--threads",
+            str(threads),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -194,20 +220,24 @@ def bench_scaling(args: argparse.Namespace) -> None:
     coef, *_ = np.linalg.lstsq(a_mat, np.array([t for _, t, _ in rows]), rcond=None)
     print(f"  {'models':>6} {'seconds':>8} {'fit a*M+b*M^2':>14} {'s per cell':>10} {'peak RSS GiB':>12}")
     for m, t, rss in rows:
-        print(f"  {m:>6} {t:>8.1f} {coef[0] * m + coef[1] * m * m:>14.1f} {t / (m * m):>10.2f} "
-              f"{rss:>12.2f}")
-    print(f"  fit: a = {coef[0]:.2f} s per model (crafting), b = {coef[1]:.3f} s per source/target "
-          f"pair (probing)")
+        print(f"  {m:>6} {t:>8.1f} {coef[0] * m + coef[1] * m * m:>14.1f} {t / (m * m):>10.2f} {rss:>12.2f}")
+    print(
+        f"  fit: a = {coef[0]:.2f} s per model (crafting), b = {coef[1]:.3f} s per source/target "
+        f"pair (probing)"
+    )
 
 
 def bench_memory(args: argparse.Namespace) -> None:
     m = 9 if args.quick else 15
     t, rss = run_child(m, 224, args.memory_images, torch.get_num_threads())
-    print(f"\n[memory] {m} models at 224 px, {args.memory_images} images, CPU: peak RSS {rss:.2f} GiB "
-          f"(target <= 4 GiB), {t:.0f}s")
+    print(
+        f"\n[memory] {m} models at 224 px, {args.memory_images} images, CPU: peak RSS {rss:.2f} GiB "
+        f"(target <= 4 GiB), {t:.0f}s"
+    )
 
 
 # --- data ---------------------------------------------------------------------------------------
+
 
 def bench_data(args: argparse.Namespace) -> None:
     import pydicom
@@ -225,9 +255,15 @@ def bench_data(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="fedattack-bench-") as tmp:
         out = Path(tmp)
         synthesize(out / "data", args.data_patients, 256, seed=2)
-        cfg = load_config(REPO / "configs" / "demo.yaml", {
-            "output_dir": str(out / "run"), "data.datasets.nih.root": str(out / "data" / "nih"),
-            "data.datasets.rsna.root": str(out / "data" / "rsna"), "data.workers": 0})
+        cfg = load_config(
+            REPO / "configs" / "demo.yaml",
+            {
+                "output_dir": str(out / "run"),
+                "data.datasets.nih.root": str(out / "data" / "nih"),
+                "data.datasets.rsna.root": str(out / "data" / "rsna"),
+                "data.workers": 0,
+            },
+        )
         make_splits(cfg.data, cfg.seed, cfg.splits_dir)
         manifest = load_manifest(site_manifest_path(cfg.splits_dir, "C"))
         part = load_cached(manifest, "train", cfg.data.image_size, cfg.cache_dir, 0)
@@ -241,10 +277,14 @@ def bench_data(args: argparse.Namespace) -> None:
             for _x, _y in loader:
                 pass
 
-        t = best_of(args.repeats, {"load": load_only,
-                                   "train": lambda: train_epochs(model, loader, opt, 1, torch.device("cpu"))})
-        print(f"\n[data] site C's train part, {len(part)} images at {cfg.data.image_size} px, warm cache; "
-              f"ResNet50, batch {cfg.training.batch_size}, CPU")
+        t = best_of(
+            args.repeats,
+            {"load": load_only, "train": lambda: train_epochs(model, loader, opt, 1, torch.device("cpu"))},
+        )
+        print(
+            f"\n[data] site C's train part, {len(part)} images at {cfg.data.image_size} px, warm cache; "
+            f"ResNet50, batch {cfg.training.batch_size}, CPU"
+        )
         print(f"  loading per epoch {t['load']:.3f}s | training epoch {t['train']:.2f}s (loading included)")
         print(f"  loading / training = {t['load'] / t['train']:.4f}  (target <= 0.05)")
 
@@ -260,12 +300,15 @@ def bench_data(args: argparse.Namespace) -> None:
         def bare_dcm():
             return [pydicom.dcmread(p).pixel_array for p in dcms]
 
-        d = best_of(args.repeats, {"png": ours(pngs), "png-bare": bare_png, "dcm": ours(dcms),
-                                   "dcm-bare": bare_dcm})
-        print(f"  decode, 256 px synthetic files: PNG {len(pngs) / d['png']:.0f} img/s vs bare Pillow "
-              f"{len(pngs) / d['png-bare']:.0f} img/s (ratio {d['png-bare'] / d['png']:.2f}); "
-              f"JPEG Baseline DICOM {len(dcms) / d['dcm']:.0f} img/s vs bare pydicom "
-              f"{len(dcms) / d['dcm-bare']:.0f} img/s (ratio {d['dcm-bare'] / d['dcm']:.2f})")
+        d = best_of(
+            args.repeats, {"png": ours(pngs), "png-bare": bare_png, "dcm": ours(dcms), "dcm-bare": bare_dcm}
+        )
+        print(
+            f"  decode, 256 px synthetic files: PNG {len(pngs) / d['png']:.0f} img/s vs bare Pillow "
+            f"{len(pngs) / d['png-bare']:.0f} img/s (ratio {d['png-bare'] / d['png']:.2f}); "
+            f"JPEG Baseline DICOM {len(dcms) / d['dcm']:.0f} img/s vs bare pydicom "
+            f"{len(dcms) / d['dcm-bare']:.0f} img/s (ratio {d['dcm-bare'] / d['dcm']:.2f})"
+        )
 
 
 def bench_flower(args: argparse.Namespace) -> None:
@@ -277,8 +320,11 @@ def bench_flower(args: argparse.Namespace) -> None:
         return
     for epochs in args.flower_epochs:
         ns = argparse.Namespace(rounds=2, patients=200, size=64, arch="resnet50", local_epochs=epochs)
-        report(run_benchmark(ns), "resnet50", f"resnet50 at 64 px, {epochs} local epoch(s) per round, "
-               "4 sites on loopback, this machine")
+        report(
+            run_benchmark(ns),
+            "resnet50",
+            f"resnet50 at 64 px, {epochs} local epoch(s) per round, 4 sites on loopback, this machine",
+        )
 
 
 def main() -> None:
@@ -294,8 +340,13 @@ def main() -> None:
     p.add_argument("--memory-images", type=int, default=8)
     p.add_argument("--data-patients", type=int, default=120)
     p.add_argument("--flower-metrics", help="analyse this metrics.jsonl instead of running a federation")
-    p.add_argument("--flower-epochs", type=int, nargs="+", default=[2, 20],
-                   help="local epochs per round of each Flower run (2: the demo; 20: longer local training)")
+    p.add_argument(
+        "--flower-epochs",
+        type=int,
+        nargs="+",
+        default=[2, 20],
+        help="local epochs per round of each Flower run (2: the demo; 20: longer local training)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--models", type=int, default=3, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -306,11 +357,18 @@ def main() -> None:
     if args.quick:
         args.repeats, args.attack_images, args.scaling_images, args.memory_images = 1, 32, 16, 4
         args.data_patients = 60
-    print(f"fedattack benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
-          f"{args.threads} threads, {os.cpu_count()} CPUs, peak RSS so far "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
-    run = {"attack": bench_attack, "scaling": bench_scaling, "memory": bench_memory,
-           "data": bench_data, "flower": bench_flower}
+    print(
+        f"fedattack benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
+        f"{args.threads} threads, {os.cpu_count()} CPUs, peak RSS so far "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
+    )
+    run = {
+        "attack": bench_attack,
+        "scaling": bench_scaling,
+        "memory": bench_memory,
+        "data": bench_data,
+        "flower": bench_flower,
+    }
     for name in args.only.split(","):
         if name not in run:
             raise SystemExit(f"unknown section {name!r}; choose from {', '.join(SECTIONS)}")

@@ -7,8 +7,6 @@ Relative paths in the YAML are resolved against the current working directory.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +14,8 @@ from typing import Any, Literal
 import yaml
 
 from shared.errors import ConfigError
+from shared.io import atomic_write
+from shared.typedyaml import build, plain, set_dotted
 
 SITES: tuple[str, ...] = ("A", "B", "C", "D")
 DatasetKind = Literal["nih", "rsna"]
@@ -225,24 +225,11 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML-safe dict of the resolved config."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     def dump(self, path: Path) -> None:
         """Write the resolved config as YAML (saved next to checkpoints and results)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        tmp.replace(path)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
@@ -257,100 +244,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value, path)
+        set_dotted(raw, dotted, value, path)
     return parse_config(raw, source=str(path))
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
     """Validate a config already parsed from YAML."""
-    return _build(ExperimentConfig, raw, "", source)
-
-
-def _set_dotted(raw: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
-    node = raw
-    parts = dotted.split(".")
-    for p in parts[:-1]:
-        nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"{path}: cannot override {dotted!r}: {p!r} is not a mapping")
-        node = nxt
-    node[parts[-1]] = value
-
-
-def _build(cls: type, raw: Any, where: str, source: str) -> Any:
-    label = where or "<top level>"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: key {label!r} must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        key = f"{where}.{unknown[0]}" if where else unknown[0]
-        raise ConfigError(
-            f"{source}: unknown key {key!r}; allowed here: {sorted(fields)}"
-        )
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        key = f"{where}.{name}" if where else name
-        if name not in raw:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{source}: missing required key {key!r}")
-            continue
-        kwargs[name] = _coerce(hints[name], raw[name], key, source)
-    try:
-        return cls(**kwargs)
-    except ValueError as e:
-        raise ConfigError(f"{source}: {where + '.' if where else ''}{e}") from None
-
-
-def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(
-            f"{source}: key {key!r} must be {expected}, got {value!r} ({type(value).__name__})"
-        )
-
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key, source)
-    if origin is Literal:
-        if value not in args:
-            raise bad(f"one of {list(args)}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key, source)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise bad("a list")
-        return tuple(_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad("a mapping")
-        return {
-            str(k): _coerce(args[1], v, f"{key}.{k}", source) for k, v in value.items()
-        }
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise bad("a path string")
-        return Path(value).expanduser().absolute()
-    raise ConfigError(f"{source}: key {key!r} has an unsupported type {tp!r}")  # pragma: no cover
+    return build(ExperimentConfig, raw, "", source)

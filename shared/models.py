@@ -37,8 +37,9 @@ class InputSpec:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> InputSpec:
-        return cls(int(d["size"]), int(d["channels"]), tuple(map(float, d["mean"])),
-                   tuple(map(float, d["std"])))
+        return cls(
+            int(d["size"]), int(d["channels"]), tuple(map(float, d["mean"])), tuple(map(float, d["std"]))
+        )
 
 
 class Classifier(nn.Module):
@@ -54,11 +55,13 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std).view(shape), persistent=False)
         self.net_size = max(spec.size, MIN_INPUT.get(arch, 0))
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         if x.shape[-1] != self.net_size or x.shape[-2] != self.net_size:
-            x = F.interpolate(x, size=(self.net_size, self.net_size), mode="bilinear",
-                              align_corners=False)
+            x = F.interpolate(x, size=(self.net_size, self.net_size), mode="bilinear", align_corners=False)
         return self.net(x)
 
 
@@ -77,7 +80,7 @@ def build_model(
             raise ConfigError(f"training.pretrained.{arch}: weights file {pretrained_file} not found")
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)})
     net = timm.create_model(arch, **kwargs)
-    cfg = net.pretrained_cfg
+    cfg: dict[str, Any] = dict(net.pretrained_cfg)  # type: ignore[arg-type]
     mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
     if channels == 1:  # grayscale: the mean of the RGB statistics
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
@@ -85,15 +88,13 @@ def build_model(
     return Classifier(arch, net, spec)
 
 
-def model_from_state(
-    arch: str, spec: InputSpec, state: dict[str, torch.Tensor], strict: bool = True
-) -> Classifier:
+def model_from_state(arch: str, spec: InputSpec, state: dict[str, torch.Tensor]) -> Classifier:
     """Rebuild a model from a state dict and its recorded input spec; shape mismatches raise."""
     model = build_model(arch, spec.size, spec.channels)
     if tuple(model.spec.mean) != tuple(spec.mean) or tuple(model.spec.std) != tuple(spec.std):
         model = Classifier(arch, model.net, spec)
     check_state(model, state, where=arch)
-    model.load_state_dict(state, strict=strict)
+    model.load_state_dict(state)
     return model
 
 

@@ -1,4 +1,5 @@
-"""Model weights as one flat float32 vector for the wire.
+"""The wire format of this project's Flower messages: model weights as one flat float32
+vector, and typed readers of the records a message carries.
 
 Flower moves every array of a message as a separate object; a DenseNet121 state dict
 has ~1,000 tensors. Packing them into one vector makes a message one object, and
@@ -12,7 +13,7 @@ import hashlib
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from shared.errors import FederationError
 
@@ -67,3 +68,48 @@ def from_record(
     if FLAT_KEY not in record:
         raise FederationError(f"{where}: expected packed weights under {FLAT_KEY!r}, got {list(record)}")
     return unpack(record[FLAT_KEY].numpy(), reference, where)
+
+
+def arrays_in(content: RecordDict, key: str = "arrays") -> ArrayRecord:
+    """The ArrayRecord under `key` of a message's content."""
+    record = content.get(key)
+    if not isinstance(record, ArrayRecord):
+        raise FederationError(f"message: expected an ArrayRecord under {key!r}, got {type(record).__name__}")
+    return record
+
+
+def config_in(content: RecordDict, key: str) -> ConfigRecord:
+    """The ConfigRecord under `key` of a message's content."""
+    record = content.get(key)
+    if not isinstance(record, ConfigRecord):
+        raise FederationError(f"message: expected a ConfigRecord under {key!r}, got {type(record).__name__}")
+    return record
+
+
+def metrics_in(content: RecordDict, key: str = "metrics") -> dict[str, float]:
+    """The MetricRecord under `key` as floats (scalar metrics only)."""
+    record = content.get(key)
+    if not isinstance(record, MetricRecord):
+        raise FederationError(f"message: expected a MetricRecord under {key!r}, got {type(record).__name__}")
+    out = {}
+    for k, v in record.items():
+        if not isinstance(v, (int, float)):
+            raise FederationError(f"message: metric {k!r} must be a number, got {type(v).__name__}")
+        out[k] = float(v)
+    return out
+
+
+def config_int(record: ConfigRecord, key: str, default: int | None = None) -> int:
+    """An integer entry of a ConfigRecord."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FederationError(f"message: config {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def config_str(record: ConfigRecord, key: str, default: str | None = None) -> str:
+    """A string entry of a ConfigRecord."""
+    value = record.get(key, default)
+    if not isinstance(value, str):
+        raise FederationError(f"message: config {key!r} must be a string, got {value!r}")
+    return value

@@ -39,6 +39,7 @@ class RunSettings:
     pretrained: str
     threads: int
     workers: int
+    skip_unreadable: bool
 
     def to_run_config(self) -> dict[str, Scalar]:
         return {
@@ -64,6 +65,7 @@ class RunSettings:
             "pretrained": self.pretrained,
             "threads": self.threads,
             "workers": self.workers,
+            "skip-unreadable": self.skip_unreadable,
         }
 
     @classmethod
@@ -94,8 +96,9 @@ class RunSettings:
             local_epochs=get("local-epochs", int),
             finetune_epochs=get("finetune-epochs", int),
             batch_size=get("batch-size", int),
-            optimizer=OptimizerConfig(opt, get("lr", float), get("weight-decay", float),
-                                      get("momentum", float)),
+            optimizer=OptimizerConfig(
+                opt, get("lr", float), get("weight-decay", float), get("momentum", float)
+            ),
             finetune_lr=get("finetune-lr", float),
             image_size=get("image-size", int),
             channels=get("channels", int),
@@ -107,6 +110,7 @@ class RunSettings:
             pretrained=get("pretrained", str),
             threads=get("threads", int),
             workers=get("workers", int),
+            skip_unreadable=get("skip-unreadable", bool),
         )
 
 
@@ -136,6 +140,7 @@ def run_settings_for(cfg: ExperimentConfig, arch: str, store: Path, resume: bool
         pretrained=str(pretrained) if pretrained else "",
         threads=t.threads,
         workers=cfg.data.workers,
+        skip_unreadable=cfg.data.skip_unreadable,
     )
 
 

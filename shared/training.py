@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +44,9 @@ def make_optimizer(model: nn.Module, cfg: OptimizerConfig, lr: float | None = No
     """The configured optimizer over the model's parameters."""
     lr = cfg.lr if lr is None else lr
     if cfg.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
 
 
@@ -70,28 +70,26 @@ def train_epochs(
     optimizer: torch.optim.Optimizer,
     epochs: int,
     device: torch.device,
-    on_batch: Callable[[int, int, float], None] | None = None,
 ) -> float:
     """Train for `epochs`; return the mean training loss of the last epoch."""
     model.train()
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     mean_loss = math.nan
-    for epoch in range(epochs):
+    for _ in range(epochs):
         total, n = 0.0, 0
-        for step, (x, y) in enumerate(loader):
+        for x, y in loader:
             x, y = _to(x, device), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16 if use_amp else torch.float32,
-                                enabled=use_amp):
+            with torch.autocast(
+                device.type, dtype=torch.bfloat16 if use_amp else torch.float32, enabled=use_amp
+            ):
                 loss = F.cross_entropy(model(x), y)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
             total += float(loss.detach()) * len(y)
             n += len(y)
-            if on_batch is not None:
-                on_batch(epoch, step, float(loss.detach()))
         mean_loss = total / max(n, 1)
     return mean_loss
 
@@ -109,8 +107,10 @@ class EvalResult:
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         return {
-            f"{prefix}loss": self.loss, f"{prefix}accuracy": self.accuracy,
-            f"{prefix}auc": self.auc, f"{prefix}sensitivity": self.sensitivity,
+            f"{prefix}loss": self.loss,
+            f"{prefix}accuracy": self.accuracy,
+            f"{prefix}auc": self.auc,
+            f"{prefix}sensitivity": self.sensitivity,
             f"{prefix}specificity": self.specificity,
         }
 

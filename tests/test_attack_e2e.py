@@ -25,18 +25,38 @@ pytestmark = pytest.mark.e2e
 def fed(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("attack-fed")
     data = tiny_data(tmp)
-    cfg_path = tiny_federation_config(tmp, data, ["resnet18"], rounds=1, **{
-        "training.local_epochs": 2, "training.optimizer.lr": 0.003})
-    res = subprocess.run([sys.executable, "-m", "shared.cli", "federate", "--config", str(cfg_path)],
-                         capture_output=True, text=True, timeout=900)
+    cfg_path = tiny_federation_config(
+        tmp, data, ["resnet18"], rounds=1, **{"training.local_epochs": 2, "training.optimizer.lr": 0.003}
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "cli.main", "federate", "--config", str(cfg_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     return cfg_path, load_config(cfg_path).store_dir
 
 
 def attack(cfg: Path, store: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.cli", "attack", "--config", str(cfg),
-                           "--checkpoints", store, "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "attack",
+            "--config",
+            str(cfg),
+            "--checkpoints",
+            store,
+            "--out",
+            str(out),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +82,8 @@ def test_outputs_and_their_contract(fed, first_run) -> None:
         assert cell["n_correct_before"] <= attacked[cell["source"]]["n_attacked"]
         if cell["n_correct_before"]:
             assert cell["transferability"] == pytest.approx(
-                cell["n_misclassified_after"] / cell["n_correct_before"])
+                cell["n_misclassified_after"] / cell["n_correct_before"]
+            )
         else:
             assert cell["transferability"] is None
     for src, info in attacked.items():  # the attacked images come from the held-out sets
@@ -161,9 +182,24 @@ def test_watch_waits_for_a_complete_store(fed, tmp_path: Path) -> None:
     cfg, store = fed
     pending = tmp_path / "pending"
     manifest = incomplete_copy(store, pending)
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "attack", "--config", str(cfg),
-                             "--checkpoints", str(pending), "--out", str(tmp_path / "o"),
-                             "--watch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "attack",
+            "--config",
+            str(cfg),
+            "--checkpoints",
+            str(pending),
+            "--out",
+            str(tmp_path / "o"),
+            "--watch",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(timeout=8)  # still waiting: the store is incomplete

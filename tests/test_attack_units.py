@@ -10,9 +10,11 @@ from torch import nn
 from attack.attacks import FGSM, build_attack
 from attack.report import matrix_csv
 from attack.transfer import AttackSet, LoadedModel, measure
-from shared.errors import AttackError
+from shared.checkpoint import ModelEntry
+from shared.config import load_config
+from shared.errors import AttackError, ConfigError
 from shared.models import InputSpec, build_model
-from shared.store import ModelEntry
+from tests.conftest import REPO
 
 
 def test_fgsm_matches_torchattacks_bit_for_bit() -> None:
@@ -37,10 +39,13 @@ def test_fgsm_does_not_touch_model_state() -> None:
 
 
 @pytest.mark.parametrize("eps", [0.0, -0.1, 1.5])
-def test_eps_outside_range_is_an_error(eps: float) -> None:
-    with pytest.raises(AttackError, match="eps"):
-        build_attack("fgsm", eps)
-    with pytest.raises(AttackError, match="unknown attack"):
+def test_eps_outside_range_is_a_config_error(eps: float) -> None:
+    with pytest.raises(ConfigError, match=r"attack\.eps"):
+        load_config(REPO / "configs" / "demo.yaml", {"attack.eps": eps})
+
+
+def test_unknown_attack_names_the_registered_ones() -> None:
+    with pytest.raises(AttackError, match=r"unknown attack 'pgd-9000'.*fgsm"):
         build_attack("pgd-9000", 0.02)
 
 
@@ -58,8 +63,9 @@ class MeanThreshold(nn.Module):
 
 
 def _entry(name: str) -> ModelEntry:
-    return ModelEntry(name, "toy", "local", "A", 1, f"{name}.safetensors", "0" * 64,
-                      InputSpec(4, 1, (0.0,), (1.0,)), {})
+    return ModelEntry(
+        name, "toy", "local", "A", 1, f"{name}.safetensors", "0" * 64, InputSpec(4, 1, (0.0,), (1.0,)), {}
+    )
 
 
 def test_transferability_arithmetic_on_a_known_case() -> None:
@@ -67,9 +73,11 @@ def test_transferability_arithmetic_on_a_known_case() -> None:
     means = [0.30, 0.50, 0.56, 0.80]
     images = torch.stack([torch.full((1, 4, 4), m) for m in means])
     data = AttackSet(images, tuple(f"img{i}" for i in range(4)))
-    models = [LoadedModel(_entry("low"), MeanThreshold(0.45)),   # right on 0.50, 0.56, 0.80
-              LoadedModel(_entry("high"), MeanThreshold(0.55)),  # right on 0.56, 0.80
-              LoadedModel(_entry("none"), MeanThreshold(0.95))]  # right on nothing
+    models = [
+        LoadedModel(_entry("low"), MeanThreshold(0.45)),  # right on 0.50, 0.56, 0.80
+        LoadedModel(_entry("high"), MeanThreshold(0.55)),  # right on 0.56, 0.80
+        LoadedModel(_entry("none"), MeanThreshold(0.95)),
+    ]  # right on nothing
     m = measure(models, FGSM(eps=0.1), data, batch=3, device=torch.device("cpu"), progress=False)
     cells = {(c.source, c.target): c for c in m.cells}
     assert m.attacked == {"low": ["img1", "img2", "img3"], "high": ["img2", "img3"], "none": []}

@@ -12,12 +12,15 @@ import subprocess
 import pytest
 import yaml
 
-from shared.cli import build_parser
+from cli.main import build_parser
 from tests.conftest import REPO
 
 OVERRIDES = ["docker-compose.gpu.yml", "docker-compose.insecure.yml"]
-COMBINATIONS = [["docker-compose.yml", *c] for n in range(len(OVERRIDES) + 1)
-                for c in itertools.combinations(OVERRIDES, n)]
+COMBINATIONS = [
+    ["docker-compose.yml", *c]
+    for n in range(len(OVERRIDES) + 1)
+    for c in itertools.combinations(OVERRIDES, n)
+]
 
 
 def _docker_compose() -> str:
@@ -32,14 +35,20 @@ def _docker_compose() -> str:
 @pytest.mark.parametrize("files", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
 def test_compose_files_validate(files: list[str]) -> None:
     args = [a for f in files for a in ("-f", f)]
-    res = subprocess.run([_docker_compose(), *args, "config", "-q"], cwd=REPO, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [_docker_compose(), *args, "config", "-q"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0, res.stderr
 
 
 def _merged(files: list[str]) -> dict:
-    res = subprocess.run([_docker_compose(), *[a for f in files for a in ("-f", f)], "config"],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [_docker_compose(), *[a for f in files for a in ("-f", f)], "config"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     return yaml.safe_load(res.stdout)
 
@@ -83,4 +92,4 @@ def test_dockerfile_builds_from_project_files_as_non_root() -> None:
         if line.startswith("COPY"):
             src = line.split()[1:-1]
             assert all((REPO / s.rstrip("/")).exists() for s in src), line
-    assert "USER fedattack" in text and 'torch==2.14.1' in text
+    assert "USER fedattack" in text and "torch==2.14.1" in text

@@ -14,15 +14,22 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from shared.tls import load_cert, make_credentials, make_server_cert, sans_of
+from deploy.checks import load_cert, sans_of
+from deploy.credentials import make_credentials, make_server_cert
 from tests.conftest import REPO
 
 BIN = Path(sys.executable).parent
 
 
 def fedattack(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "fedattack"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(BIN / "fedattack"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def refused(res: subprocess.CompletedProcess, *needles: str) -> None:
@@ -35,8 +42,9 @@ def refused(res: subprocess.CompletedProcess, *needles: str) -> None:
 @pytest.fixture(scope="module")
 def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("creds")
-    res = fedattack("deploy", "credentials", "--out", str(out), "--san", "superlink.example",
-                    "--sites", "A", "B")
+    res = fedattack(
+        "deploy", "credentials", "--out", str(out), "--san", "superlink.example", "--sites", "A", "B"
+    )
     assert res.returncode == 0, res.stderr
     return out
 
@@ -50,8 +58,9 @@ def site_dir(tmp_path_factory: pytest.TempPathFactory, creds: Path) -> Path:
     d = tmp_path_factory.mktemp("site")
     (d / "images").mkdir()
     (d / "images" / "x.png").write_bytes(b"png")
-    Manifest("site_A", "nih", "nih", d, {"train": (Sample("x.png", "p1", "images/x.png", 1),),
-                                         "val": ()}).save(d / "site_A.json")
+    Manifest(
+        "site_A", "nih", "nih", d, {"train": (Sample("x.png", "p1", "images/x.png", 1),), "val": ()}
+    ).save(d / "site_A.json")
     return d
 
 
@@ -65,8 +74,9 @@ def test_credentials_files_modes_and_sans(creds: Path) -> None:
 
 
 def _superlink(creds: Path, tmp: Path) -> subprocess.CompletedProcess:
-    return fedattack("deploy", "superlink", "--credentials", str(creds), "--state", str(tmp / "state"),
-                     "--port", "1")
+    return fedattack(
+        "deploy", "superlink", "--credentials", str(creds), "--state", str(tmp / "state"), "--port", "1"
+    )
 
 
 def _copy(creds: Path, tmp: Path) -> Path:
@@ -111,10 +121,23 @@ def test_superlink_needs_tls_or_explicit_insecure(tmp_path: Path) -> None:
     refused(fedattack("deploy", "superlink", "--state", str(tmp_path)), "--insecure")
 
 
-def _supernode(site_dir: Path, creds: Path, key: Path,
-               address: str = "127.0.0.1:1") -> subprocess.CompletedProcess:
-    return fedattack("deploy", "supernode", "--site", "A", "--superlink", address, "--data",
-                     str(site_dir), "--root-certificates", str(creds / "ca.crt"), "--key", str(key))
+def _supernode(
+    site_dir: Path, creds: Path, key: Path, address: str = "127.0.0.1:1"
+) -> subprocess.CompletedProcess:
+    return fedattack(
+        "deploy",
+        "supernode",
+        "--site",
+        "A",
+        "--superlink",
+        address,
+        "--data",
+        str(site_dir),
+        "--root-certificates",
+        str(creds / "ca.crt"),
+        "--key",
+        str(key),
+    )
 
 
 def test_supernode_key_with_wrong_permissions(site_dir: Path, creds: Path, tmp_path: Path) -> None:
@@ -129,11 +152,13 @@ def test_supernode_key_in_the_wrong_format(site_dir: Path, creds: Path, tmp_path
     key = tmp_path / "k"
     if kind == "pem-ec":
         data = ec.generate_private_key(ec.SECP384R1()).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         needle = "not an unencrypted OpenSSH private key"
     elif kind == "ssh-rsa":
         data = rsa.generate_private_key(65537, 2048).private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
         needle = "needs an ECDSA key"
     else:
         data, needle = b"not a key\n", "not an unencrypted OpenSSH private key"
@@ -143,14 +168,27 @@ def test_supernode_key_in_the_wrong_format(site_dir: Path, creds: Path, tmp_path
 
 
 def test_supernode_unresolvable_superlink(site_dir: Path, creds: Path) -> None:
-    refused(_supernode(site_dir, creds, creds / "site-A.key", "no-such-host.invalid:9093"),
-            "'no-such-host.invalid' does not resolve")
+    refused(
+        _supernode(site_dir, creds, creds / "site-A.key", "no-such-host.invalid:9093"),
+        "'no-such-host.invalid' does not resolve",
+    )
 
 
 def test_supernode_missing_ca(site_dir: Path, creds: Path, tmp_path: Path) -> None:
-    res = fedattack("deploy", "supernode", "--site", "A", "--superlink", "127.0.0.1:1", "--data",
-                    str(site_dir), "--root-certificates", str(tmp_path / "nope.crt"), "--key",
-                    str(creds / "site-A.key"))
+    res = fedattack(
+        "deploy",
+        "supernode",
+        "--site",
+        "A",
+        "--superlink",
+        "127.0.0.1:1",
+        "--data",
+        str(site_dir),
+        "--root-certificates",
+        str(tmp_path / "nope.crt"),
+        "--key",
+        str(creds / "site-A.key"),
+    )
     refused(res, "nope.crt: certificate file not found")
 
 
@@ -165,16 +203,34 @@ def test_supernode_bad_address_syntax(site_dir: Path, creds: Path) -> None:
 
 def test_register_rejects_a_non_ecdsa_public_key(creds: Path, tmp_path: Path) -> None:
     pub = tmp_path / "k.pub"
-    pub.write_bytes(rsa.generate_private_key(65537, 2048).public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
-    res = fedattack("deploy", "register", "--superlink", "127.0.0.1:1", "--root-certificates",
-                    str(creds / "ca.crt"), "--public-key", str(pub))
+    pub.write_bytes(
+        rsa.generate_private_key(65537, 2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    res = fedattack(
+        "deploy",
+        "register",
+        "--superlink",
+        "127.0.0.1:1",
+        "--root-certificates",
+        str(creds / "ca.crt"),
+        "--public-key",
+        str(pub),
+    )
     refused(res, "not an ECDSA public key")
 
 
 def test_attack_with_a_missing_ca_file(tmp_path: Path, config_path: Path) -> None:
-    res = fedattack("attack", "--config", str(config_path), "--checkpoints", "https://127.0.0.1:1",
-                    "--root-certificates", str(tmp_path / "ca.crt"))
+    res = fedattack(
+        "attack",
+        "--config",
+        str(config_path),
+        "--checkpoints",
+        "https://127.0.0.1:1",
+        "--root-certificates",
+        str(tmp_path / "ca.crt"),
+    )
     refused(res, "ca.crt: CA certificate not found")
 
 
@@ -184,8 +240,18 @@ def test_prepare_data_refuses_a_partial_mount(tmp_path: Path, synth_dir: Path) -
     cfg = write_config(tmp_path / "cfg.yaml", synth_dir, tmp_path / "run")
     text = cfg.read_text().replace(str(synth_dir / "rsna"), str(tmp_path / "empty"))
     cfg.write_text(text)
-    res = fedattack("deploy", "prepare-data", "--config", str(cfg), "--work", str(tmp_path / "w"),
-                    "--sites-dir", str(tmp_path / "s"), "--attack-dir", str(tmp_path / "a"),
-                    "--synth-if-missing")
+    res = fedattack(
+        "deploy",
+        "prepare-data",
+        "--config",
+        str(cfg),
+        "--work",
+        str(tmp_path / "w"),
+        "--sites-dir",
+        str(tmp_path / "s"),
+        "--attack-dir",
+        str(tmp_path / "a"),
+        "--synth-if-missing",
+    )
     refused(res, str(tmp_path / "empty"), "mount every dataset")
     assert not (tmp_path / "s").exists()

@@ -18,17 +18,20 @@ import pytest
 import yaml
 
 from attack.fetch import fetch_state, read_manifest, tls_context
-from clients.deploy import supernode_command
-from server.connection import Connection, path_with_bin
-from server.processes import ProcessGroup, tail, wait_for_port
+from deploy.connection import Connection
+from deploy.credentials import make_site_key
+from deploy.flower import path_with_bin, supernode_command
+from deploy.processes import ProcessGroup, tail, wait_for_port
+from deploy.site_host import site_node_config
 from shared.errors import CheckpointError
-from shared.tls import make_site_key
 from tests.conftest import REPO, write_config
 from tests.flower_helpers import leftovers
 from tests.netns import Network, netns_unavailable
 
-pytestmark = [pytest.mark.e2e, pytest.mark.skipif(netns_unavailable() is not None,
-                                                  reason=str(netns_unavailable()))]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(netns_unavailable() is not None, reason=str(netns_unavailable())),
+]
 BIN = Path(sys.executable).parent
 SITES = ["A", "B", "C", "D"]
 ONE_SHOT_TIMEOUT = 900
@@ -52,11 +55,11 @@ def mapped(cmd: list[str], paths: dict[str, Path], link_ip: str) -> list[str]:
         elif arg == "superlink" and out and out[-1] == "--san":
             arg = link_ip
         elif arg.startswith("superlink:"):
-            arg = link_ip + arg[len("superlink"):]
+            arg = link_ip + arg[len("superlink") :]
         else:
             for prefix, local in paths.items():
                 if arg == prefix or arg.startswith(prefix + "/"):
-                    arg = str(local) + arg[len(prefix):]
+                    arg = str(local) + arg[len(prefix) :]
                     break
         out.append(arg)
     return out
@@ -64,21 +67,36 @@ def mapped(cmd: list[str], paths: dict[str, Path], link_ip: str) -> list[str]:
 
 def run_one_shot(cmd: list[str], timeout: float = ONE_SHOT_TIMEOUT) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          stdin=subprocess.DEVNULL, cwd=REPO)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, cwd=REPO
+    )
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("multihost")
     tag, subnet = f"{os.getpid() % 10000}", f"10.231.{random.randint(1, 250)}"
-    paths = {p: tmp / p.strip("/").replace("/", "-") for p in
-             ("/credentials", "/sites", "/state", "/work", "/data/raw")}
+    paths = {
+        p: tmp / p.strip("/").replace("/", "-")
+        for p in ("/credentials", "/sites", "/state", "/work", "/data/raw")
+    }
     paths["/runs"] = tmp / "runs"
-    cfg = write_config(tmp / "cfg.yaml", paths["/data/raw"], paths["/runs"], **{
-        "data.image_size": 80, "federation.architectures": ["resnet50"], "federation.rounds": 1,
-        "federation.round_timeout_s": 300, "training.batch_size": 8, "training.threads": 1,
-        "synth.patients": 36, "synth.size": 96, "attack.max_images_per_dataset": 6})
+    cfg = write_config(
+        tmp / "cfg.yaml",
+        paths["/data/raw"],
+        paths["/runs"],
+        **{
+            "data.image_size": 80,
+            "federation.architectures": ["resnet50"],
+            "federation.rounds": 1,
+            "federation.round_timeout_s": 300,
+            "training.batch_size": 8,
+            "training.threads": 1,
+            "synth.patients": 36,
+            "synth.size": 96,
+            "attack.max_images_per_dataset": 6,
+        },
+    )
     paths["configs/compose.yaml"] = cfg
     (paths["/runs"] / "checkpoints").mkdir(parents=True)  # the compose volume
     services = compose_services("docker-compose.yml")
@@ -104,8 +122,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
                 ran[name] = None
             ran["job"] = run_one_shot(cmd["job"])
             ran["attack"] = run_one_shot(cmd["attack"])
-            yield {"tmp": tmp, "paths": paths, "net": net, "group": group, "link_ip": link_ip,
-                   "alt_ip": alt_ip, "cmd": cmd, "ran": ran, "services": services}
+            yield {
+                "tmp": tmp,
+                "paths": paths,
+                "net": net,
+                "group": group,
+                "link_ip": link_ip,
+                "alt_ip": alt_ip,
+                "cmd": cmd,
+                "ran": ran,
+                "services": services,
+            }
         finally:
             group.stop()
 
@@ -180,8 +207,9 @@ def _refused(deployment, host: str, cmd: list[str], name: str, **env: str) -> st
     """Run a SuperNode that must give up; its process group is stopped afterwards (Flower's
     SuperExec child can outlive the node and would hold a captured pipe open)."""
     group = ProcessGroup(deployment["tmp"] / "logs" / name.replace(" ", "-"))
-    m = group.start("node", deployment["net"].run_in(host, cmd),
-                    {"OMP_NUM_THREADS": "1", "PATH": path_with_bin(), **env})
+    m = group.start(
+        "node", deployment["net"].run_in(host, cmd), {"OMP_NUM_THREADS": "1", "PATH": path_with_bin(), **env}
+    )
     try:
         rc = m.proc.wait(timeout=180)
     except subprocess.TimeoutExpired:
@@ -196,19 +224,37 @@ def _refused(deployment, host: str, cmd: list[str], name: str, **env: str) -> st
 def test_unregistered_key_is_refused(deployment, tmp_path: Path) -> None:
     """Through the separate-machine script, with a valid key that was never registered."""
     key = make_site_key(tmp_path / "intruder.key")
-    cmd = [str(REPO / "deploy" / "site-host.sh"), "A", f"{deployment['link_ip']}:9093",
-           str(deployment["paths"]["/sites"] / "A")]
-    text = _refused(deployment, "site-a", cmd, "an unregistered key", KEY=str(key), MAX_RETRIES="2",
-                    PORT="9195")
+    cmd = [
+        str(REPO / "deploy" / "site-host.sh"),
+        "A",
+        f"{deployment['link_ip']}:9093",
+        str(deployment["paths"]["/sites"] / "A"),
+    ]
+    text = _refused(
+        deployment, "site-a", cmd, "an unregistered key", KEY=str(key), MAX_RETRIES="2", PORT="9195"
+    )
     assert "TLS + node authentication" in text
     assert "Failed to activate SuperNode" in text or "305" in text, text[-3000:]
 
 
 def test_insecure_supernode_cannot_join(deployment) -> None:
     sites = deployment["paths"]["/sites"]
-    cmd = [str(BIN / "fedattack"), "deploy", "supernode", "--site", "B", "--superlink",
-           f"{deployment['link_ip']}:9093", "--data", str(sites / "B"), "--insecure",
-           "--port", "9196", "--max-retries", "2"]
+    cmd = [
+        str(BIN / "fedattack"),
+        "deploy",
+        "supernode",
+        "--site",
+        "B",
+        "--superlink",
+        f"{deployment['link_ip']}:9093",
+        "--data",
+        str(sites / "B"),
+        "--insecure",
+        "--port",
+        "9196",
+        "--max-retries",
+        "2",
+    ]
     text = _refused(deployment, "site-b", cmd, "an insecure SuperNode")
     assert "305" in text or "Failed to initialize" in text, text[-3000:]
 
@@ -216,22 +262,43 @@ def test_insecure_supernode_cannot_join(deployment) -> None:
 def test_certificate_without_the_dialled_address_is_refused(deployment) -> None:
     sites, alt = deployment["paths"]["/sites"], f"{deployment['alt_ip']}:9093"
     # the project's start-up check names the problem before anything is dialled
-    cmd = [str(BIN / "fedattack"), "deploy", "supernode", "--site", "C", "--superlink", alt,
-           "--data", str(sites / "C"), "--root-certificates", str(sites / "C" / "ca.crt"),
-           "--key", str(sites / "C" / "site-C.key"), "--port", "9197"]
+    cmd = [
+        str(BIN / "fedattack"),
+        "deploy",
+        "supernode",
+        "--site",
+        "C",
+        "--superlink",
+        alt,
+        "--data",
+        str(sites / "C"),
+        "--root-certificates",
+        str(sites / "C" / "ca.crt"),
+        "--key",
+        str(sites / "C" / "site-C.key"),
+        "--port",
+        "9197",
+    ]
     text = _refused(deployment, "site-c", cmd, "a SAN mismatch")
     assert "subject alternative names" in text and deployment["alt_ip"] in text, text[-2000:]
     # and Flower itself refuses the handshake (the check above is not what protects it)
-    raw = supernode_command("C", alt, sites / "C", sites / "C" / "ca.crt", sites / "C" / "site-C.key",
-                            port=9198, max_retries=2)
+    raw = supernode_command(
+        site_node_config("C", sites / "C"),
+        alt,
+        9198,
+        sites / "C" / "ca.crt",
+        sites / "C" / "site-C.key",
+        max_retries=2,
+    )
     raw[0] = str(BIN / "flower-supernode")
     text = _refused(deployment, "site-c", raw, "flower-supernode with a SAN mismatch")
     assert "mismatch" in text or "CERTIFICATE_VERIFY_FAILED" in text, text[-3000:]
 
 
 def test_only_the_four_sites_are_online(deployment, tmp_path: Path) -> None:
-    conn = Connection(f"{deployment['link_ip']}:9093", tmp_path / "cli",
-                      deployment["paths"]["/credentials"] / "ca.crt")
+    conn = Connection(
+        f"{deployment['link_ip']}:9093", tmp_path / "cli", deployment["paths"]["/credentials"] / "ca.crt"
+    )
     online = [n for n in conn.nodes() if n["status"] == "online"]
     assert len(online) == 4, conn.nodes()
 
@@ -239,9 +306,11 @@ def test_only_the_four_sites_are_online(deployment, tmp_path: Path) -> None:
 def test_attack_host_pulls_the_store_over_https(deployment, tmp_path: Path) -> None:
     d, net = deployment, deployment["net"]
     store = d["paths"]["/runs"] / "checkpoints"
-    serve = d["group"].start("serve-store", net.run_in("link", [
-        str(REPO / "deploy" / "server-host.sh"), "serve-store"]),
-        {"PATH": path_with_bin(), "STORE": str(store), "CREDENTIALS": str(d["paths"]["/credentials"])})
+    serve = d["group"].start(
+        "serve-store",
+        net.run_in("link", [str(REPO / "deploy" / "server-host.sh"), "serve-store"]),
+        {"PATH": path_with_bin(), "STORE": str(store), "CREDENTIALS": str(d["paths"]["/credentials"])},
+    )
     wait_for_port(d["link_ip"], 8443, 60, serve.proc, serve.log_path)
     url = f"https://{d['link_ip']}:8443"
     snap = read_manifest(url, tls_context(d["paths"]["/credentials"] / "ca.crt"))

@@ -13,14 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from clients.site import SiteSettings, train_site
-from server.launcher import NodeSpec, federate, node_specs
+from clients.site import train_site
+from deploy.local import federate, node_configs
 from shared.config import load_config
 from shared.data.cache import load_cached
-from shared.data.splits import load_manifest, site_manifest_path
+from shared.data.splits import load_manifest, make_splits, site_manifest_path
 from shared.data.torchdata import make_loader
 from shared.errors import FederationError
 from shared.models import model_from_state
+from shared.nodeconfig import NodeConfig
 from shared.packing import to_record
 from shared.runconfig import RunSettings, run_settings_for
 from shared.store import CheckpointStore
@@ -47,8 +48,12 @@ def _val_metrics(cfg, entry, state, site: str):
 def three_arch_store(tmp_path_factory: pytest.TempPathFactory, data: Path):
     tmp = tmp_path_factory.mktemp("fed-3arch")
     cfg = load_config(tiny_federation_config(tmp, data, ARCHS, rounds=1))
-    proc = subprocess.run([sys.executable, "-m", "shared.cli", "federate", "--config",
-                           str(tmp / "cfg.yaml")], capture_output=True, text=True, timeout=1500)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cli.main", "federate", "--config", str(tmp / "cfg.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return cfg, CheckpointStore(cfg.store_dir), proc.stdout
 
@@ -60,7 +65,8 @@ def test_three_architectures_give_15_verified_models(three_arch_store) -> None:
     models = store.models()
     assert len(models) == 15
     assert sorted((m.arch, m.kind, m.site) for m in models if m.kind == "global") == [
-        (a, "global", None) for a in sorted(ARCHS)]
+        (a, "global", None) for a in sorted(ARCHS)
+    ]
     assert sum(m.kind == "local" for m in models) == 12
     for m in models:
         state = store.load(m.file, m.sha256)  # checks the hash before parsing
@@ -89,8 +95,11 @@ def test_locals_reproduce_their_recorded_metrics_and_differ_from_global(three_ar
             result, _ = _val_metrics(cfg, loc, state, site)
             assert result.loss == pytest.approx(loc.metrics["val-loss"], rel=1e-4, abs=1e-5)
             assert result.accuracy == pytest.approx(loc.metrics["val-accuracy"])
-            diff = max(float((state[k].float() - g_state[k].float()).abs().max())
-                       for k in state if state[k].dtype.is_floating_point)
+            diff = max(
+                float((state[k].float() - g_state[k].float()).abs().max())
+                for k in state
+                if state[k].dtype.is_floating_point
+            )
             assert diff > 0, f"{loc.name} equals the global model"
             g_result, n = _val_metrics(cfg, g, g_state, site)
             weighted += g_result.loss * n
@@ -110,10 +119,8 @@ def test_stored_global_is_the_weighted_mean_of_the_site_updates(three_arch_store
     start = to_record(store.load(r0["file"], r0["sha256"]))
     run = RunSettings.from_run_config(run_settings_for(cfg, arch, store.root, False).to_run_config())
     updates, weights = [], []
-    for spec in node_specs(cfg):
-        site = SiteSettings.from_node_config({"site": spec.site, "manifest": str(spec.manifest),
-                                              "cache-dir": str(spec.cache_dir)})
-        state, metrics = train_site(site, run, start, 1, finetune=False)
+    for node in node_configs(cfg):
+        state, metrics = train_site(node, run, start, 1, finetune=False)
         updates.append(state)
         weights.append(metrics["num-examples"])
     stored = store.load(r1["file"], r1["sha256"])
@@ -145,7 +152,7 @@ def test_resume_after_the_server_side_dies(tmp_path: Path, data: Path) -> None:
     cfg_path = tiny_federation_config(tmp_path, data, ["resnet18"], rounds=3)
     cfg = load_config(cfg_path)
     store = CheckpointStore(cfg.store_dir)
-    cmd = [sys.executable, "-m", "shared.cli", "federate", "--config", str(cfg_path)]
+    cmd = [sys.executable, "-m", "cli.main", "federate", "--config", str(cfg_path)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for(lambda: 1 in _rounds(store, "resnet18"), 600, "round 1 checkpoint")
@@ -163,15 +170,22 @@ def test_resume_after_the_server_side_dies(tmp_path: Path, data: Path) -> None:
     rows = [json.loads(x) for x in (store.root / "metrics.jsonl").read_text().splitlines()]
     resumed = [r for r in rows if r["event"] == "run-start"][-1]
     assert resumed["resume_from"] >= 1
-    after = rows[rows.index(resumed):]
+    after = rows[rows.index(resumed) :]
     trained = sorted({r["round"] for r in after if r["event"] == "site-train"})
     assert trained == list(range(resumed["resume_from"] + 1, 4))  # none twice, none skipped
     assert leftovers(str(cfg.output_dir)) == []
 
 
 def test_dropout_of_a_site_mid_round(tmp_path: Path, data: Path) -> None:
-    cfg = load_config(tiny_federation_config(tmp_path, data, ["resnet18"], rounds=2, **{
-        "federation.min_sites": 3, "federation.round_timeout_s": 60}))
+    cfg = load_config(
+        tiny_federation_config(
+            tmp_path,
+            data,
+            ["resnet18"],
+            rounds=2,
+            **{"federation.min_sites": 3, "federation.round_timeout_s": 60},
+        )
+    )
     store = CheckpointStore(cfg.store_dir)
     killed = threading.Event()
 
@@ -195,15 +209,47 @@ def test_dropout_of_a_site_mid_round(tmp_path: Path, data: Path) -> None:
 
 
 def test_bad_node_configs_fail_the_run_with_the_reason(tmp_path: Path, data: Path) -> None:
-    cfg = load_config(tiny_federation_config(tmp_path, data, ["resnet18"], rounds=1, **{
-        "federation.round_timeout_s": 120}))
-    nodes = node_specs(cfg)
-    nodes[2] = NodeSpec("C", nodes[2].manifest, nodes[2].cache_dir, image_size=64)
-    nodes[3] = NodeSpec("D", tmp_path / "nowhere" / "site_D.json", nodes[3].cache_dir)
+    cfg = load_config(
+        tiny_federation_config(tmp_path, data, ["resnet18"], rounds=1, **{"federation.round_timeout_s": 120})
+    )
+    nodes = node_configs(cfg)
+    nodes[2] = NodeConfig("C", nodes[2].manifest, nodes[2].cache_dir, image_size=64)
+    nodes[3] = NodeConfig("D", tmp_path / "nowhere" / "site_D.json", nodes[3].cache_dir)
     with pytest.raises(FederationError) as e:
         federate(cfg, nodes=nodes)
     msg = str(e.value)
     assert "2 of the required 4 sites replied" in msg
     assert "pins image-size 64" in msg
     assert "site D" in msg and "site_D.json" in msg
+    assert leftovers(str(cfg.output_dir)) == []
+
+
+def test_skip_unreadable_reaches_the_sites(tmp_path: Path) -> None:
+    """A site whose shard holds one corrupt image: the run fails naming the file unless
+    data.skip_unreadable is on; then every site trains and the file is listed as skipped."""
+    data = tiny_data(tmp_path)
+    cfg = load_config(
+        tiny_federation_config(tmp_path, data, ["resnet18"], rounds=1, **{"federation.round_timeout_s": 120})
+    )
+    make_splits(cfg.data, cfg.seed, cfg.splits_dir)
+    victim = load_manifest(site_manifest_path(cfg.splits_dir, "B")).part("train")[0]
+    (data / "nih" / victim.relpath).write_bytes(b"not a png at all")
+    with pytest.raises(FederationError) as e:
+        federate(cfg)
+    assert victim.relpath in str(e.value) and "skip_unreadable" in str(e.value)
+    assert leftovers(str(cfg.output_dir)) == []
+
+    cfg = load_config(
+        tiny_federation_config(
+            tmp_path,
+            data,
+            ["resnet18"],
+            rounds=1,
+            **{"federation.round_timeout_s": 120, "data.skip_unreadable": True},
+        )
+    )
+    store = CheckpointStore(federate(cfg))
+    assert store.is_complete()
+    skipped = (cfg.cache_dir / "site_B" / f"train_{cfg.data.image_size}px" / "unreadable.txt").read_text()
+    assert victim.relpath in skipped
     assert leftovers(str(cfg.output_dir)) == []

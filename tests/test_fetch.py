@@ -17,8 +17,16 @@ from shared.store import CheckpointStore
 def test_fsspec_url_store(tmp_path: Path) -> None:
     local = CheckpointStore(tmp_path / "store")
     model = build_model("resnet18", 48, 1)
-    entry = local.save_model(dict(name="g", arch="resnet18", kind="global", site=None, round=3,
-                                  input=model.spec, metrics={}), model.state_dict())
+    entry = local.save_model(
+        model.state_dict(),
+        name="g",
+        arch="resnet18",
+        kind="global",
+        site=None,
+        round=3,
+        input=model.spec,
+        metrics={},
+    )
     local.mark_complete(["resnet18"], [])
     fs = fsspec.filesystem("memory")
     for f in ("manifest.json", entry.file):

@@ -29,8 +29,9 @@ def test_study_archs_take_01_images_at_the_experiment_size(arch: str) -> None:
     with torch.no_grad():
         z = (x - spec["mean"][0]) / spec["std"][0]
         if m.net_size != 64:
-            z = torch.nn.functional.interpolate(z, size=(m.net_size, m.net_size),
-                                                mode="bilinear", align_corners=False)
+            z = torch.nn.functional.interpolate(
+                z, size=(m.net_size, m.net_size), mode="bilinear", align_corners=False
+            )
         torch.testing.assert_close(m.net(z), out)
 
 

@@ -93,8 +93,9 @@ def test_rsna_box_rows_collapse_to_one_label(synth_dir: Path) -> None:
     assert len(idx.samples) == len(pids) < len(rows)  # several box rows per positive
     truth = {r["patientId"]: int(r["Target"]) for r in rows}
     assert {s.image_id: s.label for s in idx.samples} == truth
-    classes = {r["patientId"]: r["class"] for r in csv.DictReader(
-        (root / "stage_2_detailed_class_info.csv").open())}
+    classes = {
+        r["patientId"]: r["class"] for r in csv.DictReader((root / "stage_2_detailed_class_info.csv").open())
+    }
     assert all((classes[s.image_id] == "Lung Opacity") == bool(s.label) for s in idx.samples)
 
 
@@ -161,12 +162,10 @@ def test_dicom_16_bit_rescale_and_window(tmp_path: Path) -> None:
     np.testing.assert_allclose(plain[0, 8], 1.0)
     np.testing.assert_allclose(plain[8, 0], 2048 / 4095, atol=1e-6)
     # Modality rescale (slope 2, intercept -1024) keeps relative scaling.
-    rescaled = read_dicom(_raw_dicom(tmp_path / "r.dcm", px, 12, RescaleSlope=2,
-                                     RescaleIntercept=-1024))
+    rescaled = read_dicom(_raw_dicom(tmp_path / "r.dcm", px, 12, RescaleSlope=2, RescaleIntercept=-1024))
     np.testing.assert_allclose(rescaled, plain, atol=1e-5)
     # A VOI window centred at 1024, width 1024: 0 -> black, >=1536 -> white, 1024 -> mid.
-    win = read_dicom(_raw_dicom(tmp_path / "w.dcm", px, 12, WindowCenter=1024,
-                                WindowWidth=1024))
+    win = read_dicom(_raw_dicom(tmp_path / "w.dcm", px, 12, WindowCenter=1024, WindowWidth=1024))
     assert win[0, 0] == 0.0 and win[0, 8] == 1.0 and win[8, 0] == 1.0
     assert 0.4 < win[8, 8] < 0.6
 

@@ -59,8 +59,9 @@ def test_stratified_by_label(config_path: Path) -> None:
 
 
 def test_balancing_undersamples_training_negatives(tmp_path: Path, synth_dir: Path) -> None:
-    p = write_config(tmp_path / "c.yaml", synth_dir, tmp_path / "run",
-                     **{"data.split.balance_positive_fraction": 0.6})
+    p = write_config(
+        tmp_path / "c.yaml", synth_dir, tmp_path / "run", **{"data.split.balance_positive_fraction": 0.6}
+    )
     cfg = load_config(p)
     paths = make_splits(cfg.data, cfg.seed, cfg.splits_dir)
     train = load_manifest(paths["site_A"]).part("train")
@@ -70,8 +71,7 @@ def test_balancing_undersamples_training_negatives(tmp_path: Path, synth_dir: Pa
 
 
 def test_empty_site_is_an_error_naming_it(tmp_path: Path, synth_dir: Path) -> None:
-    p = write_config(tmp_path / "c.yaml", synth_dir, tmp_path / "run",
-                     **{"data.split.max_patients": 10})
+    p = write_config(tmp_path / "c.yaml", synth_dir, tmp_path / "run", **{"data.split.max_patients": 10})
     cfg = load_config(p)
     with pytest.raises(SplitError, match=r"site [A-D] \((nih|rsna)\) part"):
         make_splits(cfg.data, cfg.seed, cfg.splits_dir)

@@ -8,15 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared.checkpoint import ModelEntry, encode_state
 from shared.errors import CheckpointError
 from shared.models import build_model
-from shared.store import CheckpointStore, ModelEntry
+from shared.store import CheckpointStore
 
 
 def _save(store: CheckpointStore, name: str, kind: str, site: str | None, state) -> ModelEntry:
     spec = build_model("resnet18", 48, 1).spec
-    return store.save_model(dict(name=name, arch="resnet18", kind=kind, site=site, round=1,
-                                 input=spec, metrics={"val-auc": 0.9}), state)
+    return store.save_model(
+        state, name=name, arch="resnet18", kind=kind, site=site, round=1, input=spec, metrics={"val-auc": 0.9}
+    )
 
 
 def test_manifest_contract_and_completeness(tmp_path: Path) -> None:
@@ -64,3 +66,13 @@ def test_rounds_and_resume_point(tmp_path: Path) -> None:
     assert store.last_round("densenet121") is None
     r1 = next(r for r in store.read_manifest()["rounds"] if r["round"] == 1)
     assert r1["metrics"] == {"val-auc": 0.7} and r1["sites"] == ["A", "B"]
+
+
+def test_same_weights_give_the_same_file_bytes(tmp_path: Path) -> None:
+    """The file's metadata is one JSON value: safetensors orders several metadata keys
+    arbitrarily, which made identical weights hash differently from run to run."""
+    state = build_model("resnet18", 48, 1).state_dict()
+    files = {
+        encode_state(state, {"arch": "resnet18", "input": {"size": 48}, "zz": 1, "a": 2}) for _ in range(6)
+    }
+    assert len(files) == 1

@@ -30,9 +30,8 @@ def read_raster(path: Path) -> np.ndarray:
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
                 return np.clip(arr / 65535.0, 0.0, 1.0)
-            if im.mode != "L":
-                im = im.convert("L")
-            return np.asarray(im, dtype=np.float32) / 255.0
+            gray = im if im.mode == "L" else im.convert("L")
+            return np.asarray(gray, dtype=np.float32) / 255.0
     except FileNotFoundError:
         raise ImageReadError(str(path), "file is listed but absent; restore it or remove it from the CSV") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -21,6 +21,7 @@ from shared.config import DataConfig, SplitConfig
 from shared.data.records import DatasetIndex, Sample
 from shared.data.sources import read_dataset
 from shared.errors import DatasetError, SplitError
+from shared.io import atomic_write
 
 log = logging.getLogger(__name__)
 MANIFEST_VERSION = 1
@@ -62,10 +63,7 @@ class Manifest:
         }
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
+        atomic_write(path, json.dumps(self.to_json(), indent=1))
 
 
 def load_manifest(path: Path, data_root: Path | None = None) -> Manifest:

@@ -86,13 +86,13 @@ def chest_image(
             px, py = (lx + 1) * size / 2, (ly + 1) * size / 2
             lesions.append(Lesion(max(0.0, px - half), max(0.0, py - half), 2 * half, 2 * half))
     if distractor == "Nodule":
-        cx, cy, rx, ry, _ = lungs[int(rng.integers(0, 2))]
+        cx, cy, rx, ry, _mask = lungs[int(rng.integers(0, 2))]
         nx, ny = cx + rx * 0.5 * rng.uniform(-1, 1), cy + ry * 0.5 * rng.uniform(-1, 1)
         img += 0.3 * np.exp(-(((xx - nx) ** 2 + (yy - ny) ** 2) / (2 * 0.025**2)))
     elif distractor == "Effusion":
-        side = lungs[int(rng.integers(0, 2))]
-        base = np.clip((yy - (side[1] + side[3] * 0.35)) / 0.2, 0.0, 1.0)
-        img += 0.2 * base * side[4]
+        _cx, lung_cy, _rx, lung_ry, lung_mask = lungs[int(rng.integers(0, 2))]
+        base = np.clip((yy - (lung_cy + lung_ry * 0.35)) / 0.2, 0.0, 1.0)
+        img += 0.2 * base * lung_mask
 
     img += 0.025 * rng.standard_normal((size, size)).astype(np.float32)
     lo, hi = rng.uniform(0.0, 0.08), rng.uniform(0.85, 1.0)
@@ -109,7 +109,8 @@ def write_nih(
     layout: str = "flat", rgba_rate: float = 0.01,
 ) -> int:
     """NIH layout: Data_Entry_2017_v2020.csv, images/ (or images_0XX/images/), split lists."""
-    rows, names = [], []
+    rows: list[list[object]] = []
+    names: list[str] = []
     for pid in range(1, patients + 1):
         has_pneumonia = rng.random() < positive_rate
         age, sex = int(rng.integers(1, 95)), ("M" if rng.random() < 0.55 else "F")
@@ -153,7 +154,7 @@ def dicom_bytes(img: np.ndarray, patient_id: str, age: int, sex: str, view: str)
     meta.MediaStorageSOPClassUID = UID(SECONDARY_CAPTURE)
     meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[patient_id, "sop"])
     meta.TransferSyntaxUID = UID(JPEG_BASELINE)
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds = FileDataset(f"{patient_id}.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID = generate_uid(entropy_srcs=[patient_id, "study"])

@@ -16,6 +16,7 @@ from pathlib import Path
 from shared.config import ExperimentConfig, load_config
 from shared.data.splits import Manifest, load_manifest, make_splits, site_manifest_path, test_manifest_path
 from shared.errors import DatasetError
+from shared.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +39,22 @@ def resolve_data(config: Path, work: Path, synth_if_missing: bool) -> Experiment
     cfg = load_config(config, {"output_dir": str(work)})
     present = {name: dataset_present(ds.root) for name, ds in cfg.data.datasets.items()}
     if all(present.values()):
-        print(f"using the mounted datasets: {', '.join(str(d.root) for d in cfg.data.datasets.values())}",
-              flush=True)
+        print(
+            f"using the mounted datasets: {', '.join(str(d.root) for d in cfg.data.datasets.values())}",
+            flush=True,
+        )
         return cfg
     if any(present.values()):
         missing = [str(cfg.data.datasets[n].root) for n, ok in present.items() if not ok]
-        raise DatasetError(f"dataset root(s) {', '.join(missing)} empty or absent while others are "
-                           "mounted; mount every dataset of the config, or none for the synthetic twin")
+        raise DatasetError(
+            f"dataset root(s) {', '.join(missing)} empty or absent while others are "
+            "mounted; mount every dataset of the config, or none for the synthetic twin"
+        )
     if not synth_if_missing:
-        raise DatasetError(f"no dataset under {', '.join(str(d.root) for d in cfg.data.datasets.values())}; "
-                           "mount the data or pass --synth-if-missing")
+        raise DatasetError(
+            f"no dataset under {', '.join(str(d.root) for d in cfg.data.datasets.values())}; "
+            "mount the data or pass --synth-if-missing"
+        )
     from shared.data.synth import synthesize
 
     synth = work / "synthetic"
@@ -55,8 +62,11 @@ def resolve_data(config: Path, work: Path, synth_if_missing: bool) -> Experiment
     cfg = load_config(config, {"output_dir": str(work), **roots})
     done = synth / ".complete"
     if not done.exists():
-        print(f"no dataset mounted: writing the synthetic twin ({cfg.synth.patients} patients per "
-              f"dataset) to {synth}", flush=True)
+        print(
+            f"no dataset mounted: writing the synthetic twin ({cfg.synth.patients} patients per "
+            f"dataset) to {synth}",
+            flush=True,
+        )
         synthesize(synth, cfg.synth.patients, cfg.synth.size, cfg.seed, cfg.synth.positive_rate)
         done.touch()
     return cfg
@@ -75,20 +85,22 @@ def export_manifest(manifest: Manifest, root: Path, manifest_path: Path, skip_mi
             if not src.is_file():
                 if skip_missing:
                     continue
-                raise DatasetError(f"{src}: listed in {manifest.name} but not found; restore it or set "
-                                   "data.skip_unreadable: true")
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(dst.name + ".part")
-            shutil.copyfile(src, tmp)
-            tmp.replace(dst)
+                raise DatasetError(
+                    f"{src}: listed in {manifest.name} but not found; restore it or set "
+                    "data.skip_unreadable: true"
+                )
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(src, tmp)
             copied += 1
-    Manifest(manifest.name, manifest.dataset, manifest.kind, root, manifest.parts,
-             manifest.skipped).save(manifest_path)
+    Manifest(manifest.name, manifest.dataset, manifest.kind, root, manifest.parts, manifest.skipped).save(
+        manifest_path
+    )
     return Exported(manifest.name, manifest_path, n, copied)
 
 
-def prepare_deployment_data(config: Path, work: Path, sites_dir: Path, attack_dir: Path,
-                            synth_if_missing: bool = True) -> list[Exported]:
+def prepare_deployment_data(
+    config: Path, work: Path, sites_dir: Path, attack_dir: Path, synth_if_missing: bool = True
+) -> list[Exported]:
     """Split, then write `sites_dir/<site>/site_<site>.json` + its images for every site and
     `attack_dir/test_<dataset>.json` + images for every test set."""
     cfg = resolve_data(config, work, synth_if_missing)

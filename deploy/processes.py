@@ -32,8 +32,9 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen, 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise FederationError(f"process exited with code {proc.returncode} at start-up; "
-                                  f"see {log_path}:\n{tail(log_path)}")
+            raise FederationError(
+                f"process exited with code {proc.returncode} at start-up; see {log_path}:\n{tail(log_path)}"
+            )
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return
         time.sleep(0.2)
@@ -65,8 +66,14 @@ class ProcessGroup:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
         fh = log_path.open("ab")
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={**os.environ, **(env or {})}, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
         fh.close()
         m = Managed(name, proc, log_path)
         self.procs.append(m)

@@ -5,33 +5,16 @@ and the few `flwr` commands this project needs."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.flower import environ, flwr_bin
 from shared.errors import DeploymentError, FederationError
 from shared.runconfig import format_run_config
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 NAME = "target"
-
-
-def flwr_bin(name: str) -> str:
-    p = BIN / name
-    return str(p) if p.exists() else name
-
-
-def path_with_bin() -> str:
-    """PATH with this interpreter's bin first: Flower starts `flower-superexec`,
-    `flwr-serverapp` and `flwr-clientapp` by name, also from an unactivated venv."""
-    return os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
-
-
-def environ(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PATH": path_with_bin(), **extra}
 
 
 @dataclass(frozen=True)
@@ -42,30 +25,42 @@ class Connection:
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        trust = (f'root-certificates = "{Path(self.root_certificates).absolute()}"'
-                 if self.root_certificates else "insecure = true")
+        trust = (
+            f'root-certificates = "{Path(self.root_certificates).absolute()}"'
+            if self.root_certificates
+            else "insecure = true"
+        )
         (self.home / "config.toml").write_text(f'[superlink.{NAME}]\naddress = "{self.address}"\n{trust}\n')
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         try:
-            return subprocess.run([flwr_bin("flwr"), *args], capture_output=True, text=True,
-                                  env=environ(FLWR_HOME=str(self.home)), cwd=self.home,
-                                  timeout=timeout, stdin=subprocess.DEVNULL)
+            return subprocess.run(
+                [flwr_bin("flwr"), *args],
+                capture_output=True,
+                text=True,
+                env=environ(FLWR_HOME=str(self.home)),
+                cwd=self.home,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired:
-            raise DeploymentError(f"`flwr {args[0]}` against {self.address} did not answer in "
-                                  f"{timeout:.0f}s") from None
+            raise DeploymentError(
+                f"`flwr {args[0]}` against {self.address} did not answer in {timeout:.0f}s"
+            ) from None
 
     def submit(self, run_config: dict) -> int:
-        res = self.flwr("run", str(PROJECT_DIR), NAME, "--run-config", format_run_config(run_config),
-                        "--format", "json")
+        res = self.flwr(
+            "run", str(PROJECT_DIR), NAME, "--run-config", format_run_config(run_config), "--format", "json"
+        )
         try:
             out = json.loads(res.stdout)
             if not out.get("success", False):
                 raise ValueError(out)
             return int(out["run-id"])
         except (json.JSONDecodeError, KeyError, ValueError) as e:
-            raise FederationError(f"`flwr run` against {self.address} failed: {res.stdout}\n"
-                                  f"{res.stderr}") from e
+            raise FederationError(
+                f"`flwr run` against {self.address} failed: {res.stdout}\n{res.stderr}"
+            ) from e
 
     def status(self, run_id: int) -> str:
         res = self.flwr("ls", NAME, "--run-id", str(run_id), "--format", "json")

@@ -6,21 +6,23 @@ import logging
 import time
 from pathlib import Path
 
+from attack.service import run_attack
+from deploy.local import federate
 from shared.config import load_config
+from shared.data.synth import synthesize
+from shared.store import CheckpointStore
 
 log = logging.getLogger(__name__)
 
 
 def run_demo(config: Path, out: Path | None, patients: int | None, size: int | None) -> Path:
     """Synthesize, federate, attack; print the global and local AUCs; return the report path."""
-    from attack.service import run_attack
-    from server.launcher import federate
-    from shared.data.synth import synthesize
-    from shared.store import CheckpointStore
-
     base = load_config(config, {"output_dir": str(out)} if out else None)
     data = base.output_dir / "data"
-    overrides = {"data.datasets.nih.root": str(data / "nih"), "data.datasets.rsna.root": str(data / "rsna")}
+    overrides: dict[str, str | int] = {
+        "data.datasets.nih.root": str(data / "nih"),
+        "data.datasets.rsna.root": str(data / "rsna"),
+    }
     if out:
         overrides["output_dir"] = str(out)
     if patients:
@@ -35,9 +37,11 @@ def run_demo(config: Path, out: Path | None, patients: int | None, size: int | N
         synthesize(data, cfg.synth.patients, cfg.synth.size, cfg.seed, cfg.synth.positive_rate)
     else:
         print(f"{step} reusing the synthetic twin in {data}", flush=True)
-    print(f"[demo 2/3] federating {', '.join(cfg.federation.architectures)} over sites "
-          f"{', '.join(cfg.data.sites)} ({cfg.federation.rounds} FedAvg rounds + fine-tuning)",
-          flush=True)
+    print(
+        f"[demo 2/3] federating {', '.join(cfg.federation.architectures)} over sites "
+        f"{', '.join(cfg.data.sites)} ({cfg.federation.rounds} FedAvg rounds + fine-tuning)",
+        flush=True,
+    )
     store = federate(cfg)
     t1 = time.monotonic()
     print("\nvalidation AUC (synthetic twin):")

@@ -6,33 +6,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from server.connection import environ, flwr_bin
+from deploy.checks import check_node_key, probe_tls, resolve, split_address
+from deploy.flower import environ, supernode_command
 from shared.data.splits import load_manifest, site_manifest_path
 from shared.errors import DatasetError, DeploymentError
-from shared.tls import check_node_key, probe_tls, resolve, split_address
+from shared.nodeconfig import NodeConfig
 
 
-def node_config(site: str, manifest: Path, data: Path, cache: Path, device: str) -> str:
-    parts = [f"site='{site}'", f"manifest='{manifest}'", f"data-root='{data}'", f"cache-dir='{cache}'"]
-    if device:
-        parts.append(f"device='{device}'")
-    return " ".join(parts)
-
-
-def supernode_command(site: str, address: str, data: Path, ca: Path | None, key: Path | None,
-                      device: str = "", port: int = 9094, max_retries: int | None = None) -> list[str]:
+def site_node_config(site: str, data: Path, device: str = "") -> NodeConfig:
+    """The node config of a site whose folder holds its manifest and images (as
+    `fedattack deploy prepare-data` writes it); the cache goes beside them."""
     data = Path(data).absolute()
-    manifest = site_manifest_path(data, site)
-    cmd = [flwr_bin("flower-supernode"), "--superlink", address, "--port", str(port),
-           "--node-config", node_config(site, manifest, data, data / "cache", device)]
-    if max_retries is not None:
-        cmd += ["--max-retries", str(max_retries)]
-    if ca is None:
-        return [*cmd, "--insecure"]
-    cmd += ["--root-certificates", str(Path(ca).absolute())]
-    if key is not None:
-        cmd += ["--auth-supernode-private-key", str(Path(key).absolute())]
-    return cmd
+    return NodeConfig(site, site_manifest_path(data, site), data / "cache", data, device)
 
 
 def check_site_inputs(site: str, address: str, data: Path, ca: Path | None, key: Path | None) -> str:
@@ -44,8 +29,10 @@ def check_site_inputs(site: str, address: str, data: Path, ca: Path | None, key:
         raise DatasetError(f"{manifest_path}: a manifest of {manifest.name}, not of site {site}")
     first = next((s for part in manifest.parts.values() for s in part), None)
     if first is None or not (Path(data) / first.relpath).is_file():
-        raise DatasetError(f"{data}: the images of {manifest_path} are not there (looked for "
-                           f"{first.relpath if first else 'any image'}); mount the site's data folder")
+        raise DatasetError(
+            f"{data}: the images of {manifest_path} are not there (looked for "
+            f"{first.relpath if first else 'any image'}); mount the site's data folder"
+        )
     host, _ = split_address(address)
     if ca is None:
         resolve(host)
@@ -56,11 +43,19 @@ def check_site_inputs(site: str, address: str, data: Path, ca: Path | None, key:
     return probe_tls(address, ca)
 
 
-def start_supernode(site: str, address: str, data: Path, ca: Path | None, key: Path | None,
-                    device: str = "", port: int = 9094, max_retries: int | None = None) -> None:
+def start_supernode(
+    site: str,
+    address: str,
+    data: Path,
+    ca: Path | None,
+    key: Path | None,
+    device: str = "",
+    port: int = 9094,
+    max_retries: int | None = None,
+) -> None:
     """Check, then become `flower-supernode` (never returns)."""
     probe = check_site_inputs(site, address, data, ca, key)
-    cmd = supernode_command(site, address, data, ca, key, device, port, max_retries)
+    cmd = supernode_command(site_node_config(site, data, device), address, port, ca, key, max_retries)
     mode = "INSECURE" if ca is None else "TLS + node authentication"
     print(f"site {site}: SuperNode for {address} ({mode}; SuperLink: {probe}); data {data}", flush=True)
     home = os.environ.get("FLWR_HOME", str(Path(data).absolute() / "flwr-home"))

@@ -11,20 +11,13 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import socket
 import ssl
 import tempfile
 import time
 from pathlib import Path
 
-from server.connection import Connection, environ, flwr_bin
-from server.launcher import ProgressPrinter, check_complete, run_all
-from shared.config import ExperimentConfig
-from shared.errors import CredentialsError, DeploymentError
-from shared.store import METRICS_FILE
-from shared.tls import (
-    CA_CERT,
-    SERVER_CERT,
-    SERVER_KEY,
+from deploy.checks import (
     check_public_key,
     check_server_credentials,
     covers,
@@ -32,23 +25,16 @@ from shared.tls import (
     sans_of,
     split_address,
 )
+from deploy.connection import Connection
+from deploy.flower import CA_CERT, SERVER_CERT, SERVER_KEY, environ, superlink_command
+from deploy.progress import ProgressPrinter, run_all
+from shared.config import ExperimentConfig
+from shared.errors import CredentialsError, DeploymentError
+from shared.store import CheckpointStore
 
 DEFAULT_PORT = 9093
 # Flower's SuperLink starts its own SuperExec, which dials the SuperLink on loopback.
 LOOPBACK_NAMES = ["127.0.0.1", "localhost"]
-
-
-def superlink_command(credentials: Path | None, state: Path, host: str, port: int) -> list[str]:
-    """The `flower-superlink` command line; `credentials` None means insecure."""
-    state = Path(state).absolute()
-    cmd = [flwr_bin("flower-superlink"), "--isolation", "subprocess",
-           "--disable-runtime-dependency-installation", "--host", host, "--port", str(port),
-           "--database", str(state / "superlink.db")]
-    if credentials is None:
-        return [*cmd, "--insecure"]
-    c = Path(credentials).absolute()
-    return [*cmd, "--ssl-ca-certfile", str(c / CA_CERT), "--ssl-certfile", str(c / SERVER_CERT),
-            "--ssl-keyfile", str(c / SERVER_KEY), "--enable-supernode-auth"]
 
 
 def check_superlink_inputs(credentials: Path | None, state: Path) -> None:
@@ -68,15 +54,19 @@ def check_superlink_inputs(credentials: Path | None, state: Path) -> None:
         raise CredentialsError(
             f"{c / SERVER_CERT}: subject alternative names {sans_of(cert)} lack 127.0.0.1; the "
             "SuperLink's own SuperExec dials it on loopback. Remake it with `fedattack deploy "
-            "credentials --force` (it always adds 127.0.0.1 and localhost)")
+            "credentials --force` (it always adds 127.0.0.1 and localhost)"
+        )
 
 
 def start_superlink(credentials: Path | None, state: Path, host: str, port: int) -> None:
     """Check, then become `flower-superlink` (never returns)."""
     check_superlink_inputs(credentials, state)
-    cmd = superlink_command(credentials, state, host, port)
-    mode = "INSECURE (no TLS, no node authentication)" if credentials is None else \
-        "TLS + SuperNode authentication"
+    cmd = superlink_command(Path(state) / "superlink.db", host, port, credentials)
+    mode = (
+        "INSECURE (no TLS, no node authentication)"
+        if credentials is None
+        else "TLS + SuperNode authentication"
+    )
     print(f"starting the SuperLink on {host}:{port}, {mode}, state in {state}", flush=True)
     env = environ(FLWR_HOME=os.environ.get("FLWR_HOME", str(Path(state).absolute() / "flwr-home")))
     os.execvpe(cmd[0], cmd, env)
@@ -84,8 +74,6 @@ def start_superlink(credentials: Path | None, state: Path, host: str, port: int)
 
 def wait_for_superlink(address: str, ca: Path | None, timeout_s: float) -> None:
     """Until the SuperLink answers a TLS handshake (or, insecure, a TCP connect)."""
-    import socket
-
     host, port = split_address(address)
     deadline = time.monotonic() + timeout_s
     while True:
@@ -114,21 +102,22 @@ def register_keys(address: str, ca: Path, public_keys: list[Path], wait_s: float
             print(f"{key}: {conn.register(key)}", flush=True)
 
 
-def submit(cfg: ExperimentConfig, address: str, ca: Path | None, store: Path, resume: bool,
-           wait_s: float = 120) -> None:
+def submit(
+    cfg: ExperimentConfig, address: str, ca: Path | None, store: Path, resume: bool, wait_s: float = 120
+) -> None:
     """Submit one run per architecture to a SuperLink elsewhere and wait for each.
 
     `store` is the path where the ServerApp (on the SuperLink host) writes checkpoints;
     when it is readable here too (same host or shared volume) progress is printed from its
     metrics, otherwise from the SuperLink's run status."""
     wait_for_superlink(address, ca, wait_s)
-    store = Path(store)
-    progress = ProgressPrinter(store / METRICS_FILE) if store.is_dir() else None
+    local = CheckpointStore(store)
+    progress = ProgressPrinter(local.events_path) if local.root.is_dir() else None
     with tempfile.TemporaryDirectory(prefix="fedattack-flwr-") as home:
         conn = Connection(address, Path(home), ca)
-        run_all(cfg, conn, store, resume, progress, logs_hint=f"the SuperLink's log on {address}")
-    if progress is not None and (store / "manifest.json").is_file():
-        check_complete(store)
+        run_all(cfg, conn, local.root, resume, progress, logs_hint=f"the SuperLink's log on {address}")
+    if progress is not None and local.manifest_path.is_file():
+        local.check_complete()
 
 
 class _StoreHandler(http.server.SimpleHTTPRequestHandler):

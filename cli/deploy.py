@@ -1,0 +1,186 @@
+"""`fedattack deploy ...`: the networked deployment's commands (parsing and wiring only)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from shared.errors import FedAttackError
+
+
+def _trust(args: argparse.Namespace) -> Path | None:
+    """--root-certificates CA, or None with an explicit --insecure; one of them is required."""
+    if args.insecure == bool(args.root_certificates):
+        raise FedAttackError("pass exactly one of --root-certificates CA (TLS) and --insecure")
+    return None if args.insecure else Path(args.root_certificates)
+
+
+def _deploy_credentials(args: argparse.Namespace) -> int:
+    from deploy.credentials import make_credentials
+    from deploy.server_host import LOOPBACK_NAMES
+
+    sans = list(dict.fromkeys([*args.san, *LOOPBACK_NAMES]))
+    c = make_credentials(
+        Path(args.out), sans, args.sites, args.force, Path(args.sites_dir) if args.sites_dir else None
+    )
+    print(f"CA certificate (give to every site and the attack host): {c.ca_cert}")
+    print(f"server certificate for {', '.join(sans)}: {c.server_cert} (key {c.server_key})")
+    for site, key in c.site_keys.items():
+        print(f"site {site}: private key {key} (only to site {site}), public key {key}.pub (register)")
+    return 0
+
+
+def _deploy_prepare_data(args: argparse.Namespace) -> int:
+    from deploy.export import prepare_deployment_data
+
+    prepare_deployment_data(
+        Path(args.config), Path(args.work), Path(args.sites_dir), Path(args.attack_dir), args.synth_if_missing
+    )
+    return 0
+
+
+def _deploy_superlink(args: argparse.Namespace) -> int:
+    from deploy.server_host import start_superlink
+
+    if args.insecure == bool(args.credentials):
+        raise FedAttackError("pass exactly one of --credentials DIR (TLS + node auth) and --insecure")
+    start_superlink(None if args.insecure else Path(args.credentials), Path(args.state), args.host, args.port)
+    return 0
+
+
+def _deploy_register(args: argparse.Namespace) -> int:
+    from deploy.server_host import register_keys
+
+    if args.insecure:
+        print("insecure SuperLink: SuperNode authentication is off, nothing to register")
+        return 0
+    if not args.root_certificates:
+        raise FedAttackError("pass --root-certificates CA (or --insecure)")
+    register_keys(args.superlink, Path(args.root_certificates), [Path(k) for k in args.public_key], args.wait)
+    return 0
+
+
+def _deploy_supernode(args: argparse.Namespace) -> int:
+    from deploy.site_host import start_supernode
+
+    ca = _trust(args)
+    start_supernode(
+        args.site,
+        args.superlink,
+        Path(args.data),
+        ca,
+        Path(args.key) if args.key else None,
+        args.device,
+        args.port,
+        args.max_retries,
+    )
+    return 0
+
+
+def _deploy_submit(args: argparse.Namespace) -> int:
+    from deploy.server_host import submit
+    from shared.config import load_config
+
+    cfg = load_config(args.config, {"output_dir": args.out} if args.out else {})
+    store = Path(args.store) if args.store else cfg.store_dir.absolute()
+    submit(cfg, args.superlink, _trust(args), store, args.resume, args.wait)
+    print(f"all runs finished; checkpoint store: {store}")
+    return 0
+
+
+def _deploy_serve_store(args: argparse.Namespace) -> int:
+    from deploy.server_host import serve_store
+
+    if args.insecure == bool(args.credentials):
+        raise FedAttackError("pass exactly one of --credentials DIR (HTTPS) and --insecure (HTTP)")
+    serve_store(Path(args.store), args.host, args.port, None if args.insecure else Path(args.credentials))
+    return 0
+
+
+def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
+    """The `deploy` subcommand and its own subcommands."""
+    dep = sub.add_parser("deploy", help="networked deployment: credentials, SuperLink, SuperNodes, runs")
+    dsub = dep.add_subparsers(dest="deploy_command", required=True)
+
+    c = dsub.add_parser("credentials", help="CA, server certificate and one key pair per site")
+    c.add_argument("--out", required=True, help="folder for ca.crt, server.crt/key, site-X.key(.pub)")
+    c.add_argument(
+        "--san",
+        action="append",
+        required=True,
+        help="a name or IP the SuperNodes dial (repeat); 127.0.0.1 and localhost are added",
+    )
+    c.add_argument("--sites", nargs="+", default=["A", "B", "C", "D"])
+    c.add_argument(
+        "--sites-dir",
+        help="make each site's private key (and a CA copy) in "
+        "SITES_DIR/<site>/ instead of --out; public keys still go to --out",
+    )
+    c.add_argument("--force", action="store_true", help="remake everything (re-register the keys!)")
+    c.set_defaults(func=_deploy_credentials)
+
+    p = dsub.add_parser(
+        "prepare-data",
+        help="one folder per site with only its shard, and the "
+        "test sets for the attack (the synthetic twin if no data is mounted)",
+    )
+    p.add_argument("--config", required=True)
+    p.add_argument("--work", required=True, help="scratch folder (full splits, synthetic twin)")
+    p.add_argument("--sites-dir", required=True, help="gets <site>/site_<site>.json + images")
+    p.add_argument("--attack-dir", required=True, help="gets test_<dataset>.json + images")
+    p.add_argument(
+        "--synth-if-missing", action="store_true", help="write the synthetic twin when no dataset is mounted"
+    )
+    p.set_defaults(func=_deploy_prepare_data)
+
+    s = dsub.add_parser("superlink", help="start the SuperLink (TLS, node auth, persistent state)")
+    s.add_argument("--credentials", help="folder with ca.crt, server.crt, server.key")
+    s.add_argument("--insecure", action="store_true", help="no TLS, no node auth: local experiments only")
+    s.add_argument("--state", required=True, help="folder for the SuperLink's database")
+    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--port", type=int, default=9093)
+    s.set_defaults(func=_deploy_superlink)
+
+    r = dsub.add_parser("register", help="register the sites' public keys with the SuperLink")
+    r.add_argument("--superlink", required=True, help="HOST:PORT")
+    r.add_argument("--root-certificates", help="the CA certificate")
+    r.add_argument("--insecure", action="store_true", help="nothing to do (no node auth)")
+    r.add_argument("--public-key", nargs="+", default=[], help="site-X.key.pub files")
+    r.add_argument("--wait", type=float, default=120, help="seconds to wait for the SuperLink")
+    r.set_defaults(func=_deploy_register)
+
+    n = dsub.add_parser("supernode", help="start one site's SuperNode")
+    n.add_argument("--site", required=True, choices=["A", "B", "C", "D"])
+    n.add_argument("--superlink", required=True, help="HOST:PORT the SuperLink listens on")
+    n.add_argument("--data", required=True, help="the site's folder (site_<site>.json + images)")
+    n.add_argument("--root-certificates", help="the CA certificate")
+    n.add_argument("--key", help="the site's private key (site-X.key, mode 600)")
+    n.add_argument("--insecure", action="store_true", help="no TLS: local experiments only")
+    n.add_argument("--device", default="", help="cuda, cuda:1, cpu (default: cuda if present)")
+    n.add_argument("--port", type=int, default=9094, help="the SuperNode's local ClientAppIo port")
+    n.add_argument(
+        "--max-retries",
+        type=int,
+        default=None,
+        help="give up after this many failed connection attempts (default: keep trying)",
+    )
+    n.set_defaults(func=_deploy_supernode)
+
+    u = dsub.add_parser("submit", help="submit one run per architecture and wait for them")
+    u.add_argument("--config", required=True)
+    u.add_argument("--superlink", required=True, help="HOST:PORT")
+    u.add_argument("--root-certificates", help="the CA certificate")
+    u.add_argument("--insecure", action="store_true")
+    u.add_argument("--store", help="checkpoint folder on the SuperLink host (default: the config's)")
+    u.add_argument("--out", help="output folder (overrides output_dir)")
+    u.add_argument("--resume", action="store_true")
+    u.add_argument("--wait", type=float, default=120, help="seconds to wait for the SuperLink")
+    u.set_defaults(func=_deploy_submit)
+
+    v = dsub.add_parser("serve-store", help="serve the checkpoint store to the attack host")
+    v.add_argument("--store", required=True)
+    v.add_argument("--credentials", help="folder with ca.crt, server.crt, server.key (HTTPS)")
+    v.add_argument("--insecure", action="store_true", help="plain HTTP")
+    v.add_argument("--host", default="0.0.0.0")
+    v.add_argument("--port", type=int, default=8443)
+    v.set_defaults(func=_deploy_serve_store)

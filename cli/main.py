@@ -1,0 +1,174 @@
+"""`fedattack`: the umbrella command line. Each subcommand only wires."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from cli.deploy import add_deploy_commands
+from shared.errors import FedAttackError
+from shared.logs import setup_logging
+
+log = logging.getLogger("fedattack")
+
+
+def _data_synth(args: argparse.Namespace) -> int:
+    from shared.data.synth import synthesize
+
+    counts = synthesize(
+        Path(args.out), args.patients, args.size, args.seed, args.positive_rate, args.nih_layout
+    )
+    print(
+        f"wrote {counts['nih']} NIH images to {Path(args.out) / 'nih'} and "
+        f"{counts['rsna']} RSNA images to {Path(args.out) / 'rsna'}"
+    )
+    return 0
+
+
+def _data_split(args: argparse.Namespace) -> int:
+    from shared.config import load_config
+    from shared.data.splits import make_splits
+
+    cfg = load_config(args.config)
+    for name, path in sorted(make_splits(cfg.data, cfg.seed, cfg.splits_dir).items()):
+        print(f"{name}: {path}")
+    return 0
+
+
+def _data_check(args: argparse.Namespace) -> int:
+    from shared.config import load_config
+    from shared.data.check import check_data, format_reports
+
+    cfg = load_config(args.config)
+    reports = check_data(cfg)
+    print(format_reports(reports))
+    bad = [r for r in reports if r.unreadable]
+    for r in bad:
+        print(f"{r.manifest}/{r.part}: {r.unreadable} unreadable, listed in {r.unreadable_list}")
+    if bad and not cfg.data.skip_unreadable:
+        print("unreadable images found: replace them, or set data.skip_unreadable: true", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _federate(args: argparse.Namespace) -> int:
+    from deploy.local import federate
+    from shared.config import load_config
+
+    cfg = load_config(args.config, overrides(args))
+    store = federate(cfg, resume=args.resume)
+    print(f"checkpoint store complete: {store / 'manifest.json'}")
+    return 0
+
+
+def _attack(args: argparse.Namespace) -> int:
+    from attack.service import run_attack
+    from shared.config import load_config
+
+    cfg = load_config(args.config)
+    out = Path(args.out) if args.out else cfg.attack_dir
+    ca = Path(args.root_certificates) if args.root_certificates else None
+    report = run_attack(
+        cfg, args.checkpoints or str(cfg.store_dir), out, args.skip_bad, args.watch, root_certificates=ca
+    )
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cli.demo import run_demo
+
+    report = run_demo(Path(args.config), Path(args.out) if args.out else None, args.patients, args.size)
+    print(f"\ndemo finished. report: {report}")
+    return 0
+
+
+def overrides(args: argparse.Namespace) -> dict:
+    """--out as a config override of output_dir."""
+    return {"output_dir": args.out} if getattr(args, "out", None) else {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedattack", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="synthesize, split and check datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="write the synthetic twin in the real layouts")
+    s.add_argument("--out", required=True, help="output folder (gets nih/ and rsna/)")
+    s.add_argument("--patients", type=int, default=400, help="patients per dataset")
+    s.add_argument("--size", type=int, default=256, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--positive-rate", type=float, default=0.35)
+    s.add_argument("--nih-layout", choices=("flat", "kaggle"), default="flat")
+    s.set_defaults(func=_data_synth)
+    for name, fn, text in (
+        ("split", _data_split, "write the site and test manifests"),
+        ("check", _data_check, "validate the datasets and print a table per site and split"),
+    ):
+        c = dsub.add_parser(name, help=text)
+        c.add_argument("--config", required=True, help="experiment YAML")
+        c.set_defaults(func=fn)
+
+    f = sub.add_parser("federate", help="run the federation locally: SuperLink + one SuperNode per site")
+    f.add_argument("--config", required=True, help="experiment YAML")
+    f.add_argument("--out", help="output folder (overrides output_dir)")
+    f.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the last complete round stored for each architecture",
+    )
+    f.set_defaults(func=_federate)
+
+    a = sub.add_parser("attack", help="FGSM transfer across every model of a checkpoint store")
+    a.add_argument("--config", required=True, help="experiment YAML (attack settings, test data)")
+    a.add_argument(
+        "--checkpoints",
+        help="store: a directory, http(s):// or fsspec URL (default: the config's output_dir/checkpoints)",
+    )
+    a.add_argument("--out", help="output folder (default: output_dir/attack)")
+    a.add_argument(
+        "--skip-bad", action="store_true", help="skip models that fail verification (recorded in the results)"
+    )
+    a.add_argument("--root-certificates", help="CA certificate an https:// store must chain to")
+    a.add_argument(
+        "--watch", action="store_true", help="service mode: wait until the store is complete, then run"
+    )
+    a.set_defaults(func=_attack)
+
+    add_deploy_commands(sub)
+
+    d = sub.add_parser("demo", help="everything on synthetic data: synth, federate, attack, report")
+    d.add_argument("--config", default="configs/demo.yaml")
+    d.add_argument("--out", help="output folder (overrides output_dir)")
+    d.add_argument("--patients", type=int, default=None, help="synthetic patients per dataset")
+    d.add_argument("--size", type=int, default=None, help="synthetic image side in pixels")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through `with` blocks: children get stopped
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return int(args.func(args) or 0)
+    except FedAttackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""`fedattack federate`: a real SuperLink and one SuperNode per site as local processes on
+loopback (insecure: nothing leaves the machine), the runs submitted with `flwr run`, live
+progress, a clean shutdown."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from deploy.connection import Connection
+from deploy.flower import path_with_bin, superlink_command, supernode_command
+from deploy.processes import ProcessGroup, free_port, tail, wait_for_port
+from deploy.progress import ProgressPrinter, run_all
+from shared.config import ExperimentConfig
+from shared.data.splits import make_splits, site_manifest_path
+from shared.errors import FederationError
+from shared.nodeconfig import NodeConfig
+from shared.store import CheckpointStore
+
+log = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
+
+
+class LocalDeployment:
+    """SuperLink + SuperNodes on loopback with a private FLWR_HOME per process."""
+
+    def __init__(self, work_dir: Path, nodes: list[NodeConfig], threads: int = 1) -> None:
+        self.work_dir = Path(work_dir).absolute()
+        self.nodes = nodes
+        self.threads = threads
+        self.group = ProcessGroup(self.work_dir / "logs")
+        self.port = 0
+        self.connection: Connection | None = None
+        self.reported: set[int] = set()
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.start()
+        except BaseException:
+            self.group.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.group.stop()
+
+    def _env(self, name: str) -> dict[str, str]:
+        home = self.work_dir / "flwr" / name
+        home.mkdir(parents=True, exist_ok=True)
+        t = str(max(1, self.threads))
+        return {
+            "FLWR_HOME": str(home),
+            "OMP_NUM_THREADS": t,
+            "MKL_NUM_THREADS": t,
+            "PYTHONUNBUFFERED": "1",
+            "PATH": path_with_bin(),
+        }
+
+    def start(self) -> None:
+        self.port = free_port()
+        link = self.group.start(
+            "superlink",
+            superlink_command(self.work_dir / "superlink-state.db", LOOPBACK, self.port, None),
+            self._env("superlink"),
+        )
+        wait_for_port(LOOPBACK, self.port, 60, link.proc, link.log_path)
+        for node in self.nodes:
+            self.start_node(node)
+        self.connection = Connection(f"{LOOPBACK}:{self.port}", self.work_dir / "flwr" / "cli")
+
+    def start_node(self, node: NodeConfig) -> None:
+        self.group.start(
+            f"site-{node.site}",
+            supernode_command(node, f"{LOOPBACK}:{self.port}", free_port()),
+            self._env(f"site-{node.site}"),
+        )
+
+    def check_processes(self) -> None:
+        """Fail when the SuperLink is gone; say once when a SuperNode exits (a site that
+        drops out is tolerated down to federation.min_sites)."""
+        for m in self.group.dead():
+            if m.name == "superlink":
+                raise FederationError(f"the SuperLink exited; see {m.log_path}:\n{tail(m.log_path)}")
+            if m.proc.pid not in self.reported:
+                self.reported.add(m.proc.pid)
+                print(
+                    f"warning: SuperNode {m.name} exited with code {m.proc.returncode}; see {m.log_path}",
+                    flush=True,
+                )
+
+
+def node_configs(cfg: ExperimentConfig) -> list[NodeConfig]:
+    """One node config per configured site, reading the local splits and cache."""
+    return [
+        NodeConfig(s, site_manifest_path(cfg.splits_dir, s).absolute(), cfg.cache_dir.absolute())
+        for s in cfg.data.sites
+    ]
+
+
+def federate(
+    cfg: ExperimentConfig,
+    resume: bool = False,
+    on_start: Callable[[LocalDeployment], None] | None = None,
+    nodes: list[NodeConfig] | None = None,
+) -> Path:
+    """Split the data, start the deployment, run every architecture; return the store path.
+
+    `nodes` replaces the default one-SuperNode-per-site list (custom node configs);
+    `on_start` is called with the running deployment (tests use it to kill a site)."""
+    store = CheckpointStore(cfg.store_dir.absolute())
+    make_splits(cfg.data, cfg.seed, cfg.splits_dir)
+    if not resume:
+        store.reset()  # the ServerApp does the same on a fresh run; the progress printer starts clean
+    cfg.dump(store.config_path)
+    progress = ProgressPrinter(store.events_path)
+    nodes = nodes if nodes is not None else node_configs(cfg)
+    with LocalDeployment(cfg.output_dir / "deployment", nodes, cfg.training.threads) as dep:
+        print(
+            f"SuperLink on {LOOPBACK}:{dep.port}; {len(dep.nodes)} SuperNodes; logs in {dep.group.log_dir}",
+            flush=True,
+        )
+        if on_start is not None:
+            on_start(dep)
+        assert dep.connection is not None
+        run_all(
+            cfg,
+            dep.connection,
+            store.root,
+            resume,
+            progress,
+            dep.check_processes,
+            str(dep.group.log_dir / "superlink.log"),
+        )
+    store.check_complete()
+    return store.root

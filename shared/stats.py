@@ -1,0 +1,141 @@
+"""Statistics for the reports: every rate with its n and a 95% interval, and the tests
+behind the study's claims. Pure numpy; one module for every report (attack, suite, study).
+
+- Wilson score intervals for proportions (transfer cells, sensitivity, specificity).
+- DeLong's variance for an AUC interval.
+- Percentile bootstrap intervals (fixed seed) for means over models.
+- An exact paired sign-flip permutation test for a mean difference over matched pairs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Z95 = 1.959963984540054
+MIN_CELL = 10  # fewer images than this in a cell: too few for a meaningful interval
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its 95% interval (NaN when undefined)."""
+
+    value: float
+    low: float
+    high: float
+
+    def to_json(self) -> dict[str, float | None]:
+        return {
+            k: (None if math.isnan(v) else round(v, 6))
+            for k, v in (("value", self.value), ("low", self.low), ("high", self.high))
+        }
+
+    def percent(self) -> str:
+        """'54.6% [48.1, 60.9]' or 'n/a'."""
+        if math.isnan(self.value):
+            return "n/a"
+        return f"{100 * self.value:.1f}% [{100 * self.low:.1f}, {100 * self.high:.1f}]"
+
+    def plain(self, digits: int = 3) -> str:
+        if math.isnan(self.value):
+            return "n/a"
+        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+
+
+NAN_INTERVAL = Interval(math.nan, math.nan, math.nan)
+
+
+def wilson(k: int, n: int, z: float = Z95) -> Interval:
+    """k successes out of n: the proportion and its Wilson score interval."""
+    if n <= 0:
+        return NAN_INTERVAL
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson: need 0 <= k <= n, got k={k}, n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def auc_delong(scores: np.ndarray, labels: np.ndarray, z: float = Z95) -> Interval:
+    """ROC AUC (ties count one half) with DeLong's variance; NaN with one class only."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return NAN_INTERVAL
+    # psi[i, j] = 1 if pos_i > neg_j, 1/2 if equal, 0 otherwise
+    psi = (pos[:, None] > neg[None, :]).astype(np.float64) + 0.5 * (pos[:, None] == neg[None, :])
+    auc = float(psi.mean())
+    v10, v01 = psi.mean(axis=1), psi.mean(axis=0)
+    var = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
+    half = z * math.sqrt(max(var, 0.0))
+    return Interval(auc, max(0.0, auc - half), min(1.0, auc + half))
+
+
+def bootstrap_mean(values: Sequence[float], seed: int = 0, reps: int = 10_000) -> Interval:
+    """The mean and its percentile bootstrap interval (resampling `values`, fixed seed)."""
+    x = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
+    if len(x) == 0:
+        return NAN_INTERVAL
+    if len(x) == 1:
+        return Interval(float(x[0]), math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(reps, len(x)))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return Interval(float(x.mean()), float(lo), float(hi))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired comparison: mean difference (a - b) over n pairs, its bootstrap interval,
+    and the two-sided p-value of an exact (or, for many pairs, seeded Monte Carlo)
+    sign-flip permutation test of 'no difference'."""
+
+    n: int
+    mean_difference: Interval
+    p_value: float
+    exact: bool
+
+    def significant(self, alpha: float = 0.05) -> bool:
+        return not math.isnan(self.p_value) and self.p_value < alpha
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "n_pairs": self.n,
+            "mean_difference": self.mean_difference.to_json(),
+            "p_value": None if math.isnan(self.p_value) else round(self.p_value, 6),
+            "exact": self.exact,
+            "significant_at_0.05": self.significant(),
+        }
+
+
+def sign_flip_test(
+    differences: Sequence[float], seed: int = 0, max_exact: int = 20, reps: int = 100_000
+) -> PairedTest:
+    """Test mean(differences) = 0 by flipping the sign of each difference (pairs are
+    exchangeable under the null). Exact enumeration up to `max_exact` pairs."""
+    d = np.asarray([v for v in differences if not math.isnan(v)], dtype=np.float64)
+    n = len(d)
+    if n == 0:
+        return PairedTest(0, NAN_INTERVAL, math.nan, True)
+    observed = abs(d.mean())
+    tol = 1e-12 * max(1.0, float(np.abs(d).max()))
+    if n <= max_exact:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n)))
+        stats = np.abs(signs @ d) / n
+        p = float((stats >= observed - tol).mean())
+        exact = True
+    else:
+        rng = np.random.default_rng(seed)
+        signs = rng.choice((1.0, -1.0), size=(reps, n))
+        stats = np.abs(signs @ d) / n
+        p = float(((stats >= observed - tol).sum() + 1) / (reps + 1))
+        exact = False
+    return PairedTest(n, bootstrap_mean(d.tolist(), seed), p, exact)

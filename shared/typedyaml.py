@@ -1,0 +1,111 @@
+"""YAML mappings into frozen, typed dataclasses: each field coerced by its type hint, and
+every unknown, missing or mistyped key an error that names the dotted key and the file."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from shared.errors import ConfigError
+
+
+def plain(value: Any) -> Any:
+    """A YAML-safe copy: tuples to lists, paths to strings."""
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any, path: Path) -> None:
+    """Set `a.b.c` in a nested mapping (an override given on the command line)."""
+    node = raw
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{path}: cannot override {dotted!r}: {p!r} is not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def build(cls: type, raw: Any, where: str, source: str) -> Any:
+    """An instance of dataclass `cls` from mapping `raw` at dotted key `where`."""
+    label = where or "<top level>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: key {label!r} must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"{source}: unknown key {key!r}; allowed here: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}" if where else name
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: missing required key {key!r}")
+            continue
+        kwargs[name] = coerce(hints[name], raw[name], key, source)
+    try:
+        return cls(**kwargs)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {where + '.' if where else ''}{e}") from None
+
+
+def coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(
+            f"{source}: key {key!r} must be {expected}, got {value!r} ({type(value).__name__})"
+        )
+
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(inner[0], value, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise bad(f"one of {list(args)}")
+        return value
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return build(tp, value, key, source)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise bad("a list")
+        return tuple(coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        return {str(k): coerce(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise bad("a path string")
+        return Path(value).expanduser().absolute()
+    raise ConfigError(f"{source}: key {key!r} has an unsupported type {tp!r}")  # pragma: no cover

@@ -1,0 +1,78 @@
+"""The statistics behind every reported figure, against scipy and hand computations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from shared.stats import auc_delong, bootstrap_mean, sign_flip_test, wilson
+from shared.training import roc_auc
+
+scipy_stats = pytest.importorskip("scipy.stats")
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (17, 40), (1, 1), (250, 1000)])
+def test_wilson_matches_scipy(k: int, n: int) -> None:
+    ours = wilson(k, n)
+    ref = scipy_stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    assert ours.value == pytest.approx(k / n)
+    assert ours.low == pytest.approx(ref.low, abs=1e-9) and ours.high == pytest.approx(ref.high, abs=1e-9)
+
+
+def test_wilson_of_nothing_is_undefined() -> None:
+    assert math.isnan(wilson(0, 0).value) and wilson(0, 0).percent() == "n/a"
+
+
+def _delong_by_hand(pos: list[float], neg: list[float]) -> tuple[float, float]:
+    """The textbook definition, loop by loop (DeLong, DeLong & Clarke-Pearson 1988)."""
+
+    def psi(x: float, y: float) -> float:
+        return 1.0 if x > y else 0.5 if x == y else 0.0
+
+    m, n = len(pos), len(neg)
+    auc = sum(psi(x, y) for x in pos for y in neg) / (m * n)
+    v10 = [sum(psi(x, y) for y in neg) / n for x in pos]
+    v01 = [sum(psi(x, y) for x in pos) / m for y in neg]
+    s10 = sum((v - auc) ** 2 for v in v10) / (m - 1)
+    s01 = sum((v - auc) ** 2 for v in v01) / (n - 1)
+    return auc, s10 / m + s01 / n
+
+
+def test_delong_auc_and_interval_match_the_definition() -> None:
+    rng = np.random.default_rng(4)
+    labels = np.array([1] * 23 + [0] * 31)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounded: ties on purpose
+    ours = auc_delong(scores, labels)
+    auc, var = _delong_by_hand(scores[labels == 1].tolist(), scores[labels == 0].tolist())
+    assert ours.value == pytest.approx(auc) == pytest.approx(roc_auc(scores, labels))
+    half = 1.959963984540054 * math.sqrt(var)
+    assert ours.low == pytest.approx(max(0, auc - half)) and ours.high == pytest.approx(min(1, auc + half))
+    assert math.isnan(auc_delong(scores, np.ones_like(labels)).value)
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean() -> None:
+    values = [0.31, 0.45, 0.52, 0.38, 0.61]
+    a, b = bootstrap_mean(values, seed=3), bootstrap_mean(values, seed=3)
+    assert a == b and a.value == pytest.approx(np.mean(values))
+    assert min(values) <= a.low < a.value < a.high <= max(values)
+    assert bootstrap_mean([0.5] * 4).low == bootstrap_mean([0.5] * 4).high == 0.5
+
+
+def test_sign_flip_test_exact_against_hand_case_and_scipy() -> None:
+    assert sign_flip_test([1.0, 1.0, 1.0]).p_value == pytest.approx(2 / 8)  # all + or all -
+    d = [0.12, -0.03, 0.08, 0.15, 0.02, -0.01, 0.09, 0.04]
+    ours = sign_flip_test(d)
+    ref = scipy_stats.permutation_test(
+        (np.array(d),), np.mean, permutation_type="samples", n_resamples=np.inf, alternative="two-sided"
+    )
+    assert ours.exact and ours.p_value == pytest.approx(ref.pvalue)
+    assert ours.significant() == (ref.pvalue < 0.05)
+
+
+def test_sign_flip_test_monte_carlo_for_many_pairs() -> None:
+    rng = np.random.default_rng(0)
+    null = sign_flip_test(rng.normal(0, 1, 60).tolist(), seed=1)
+    shifted = sign_flip_test(rng.normal(0.8, 1, 60).tolist(), seed=1)
+    assert not null.exact and null.p_value > 0.05 and shifted.p_value < 0.001
