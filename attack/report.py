@@ -1,4 +1,5 @@
-"""Attack outputs: results.json, matrix.csv, report.md (the study's table), heatmap.png."""
+"""The study's outputs: results.json, matrix.csv, report.md (in words a reader can use),
+heatmap.png. Model names are escaped where a spreadsheet or Markdown would interpret them."""
 
 from __future__ import annotations
 
@@ -6,185 +7,195 @@ import csv
 import io
 import json
 import math
-import statistics
 from pathlib import Path
 from typing import Any
 
-from attack.transfer import Cell, Measurement
-from shared.checkpoint import ModelEntry
-from shared.io import atomic_path, atomic_write
+from attack.clean import CleanPerformance
+from attack.heatmap import heatmap_png
+from attack.measure import Measurement
+from attack.tables import Info, cell_view, flagged, global_vs_local, study_table
+from shared.io import atomic_write
+from shared.stats import MIN_CELL, PairedTest
 
 # The study's published mean (sd) drop per architecture, in percent.
 PUBLISHED = {"resnet50": (54.6, 4.4), "densenet121": (35.2, 6.8), "inception_v3": (17.9, 5.5)}
 
 
-def results_json(m: Measurement, entries: dict[str, ModelEntry], meta: dict[str, Any]) -> dict:
-    return {
-        **meta,
-        "models": [
-            {
-                "name": n,
-                "arch": entries[n].arch,
-                "kind": entries[n].kind,
-                "site": entries[n].site,
-                "sha256": entries[n].sha256,
-            }
-            for n in m.models
-        ],
-        "sources": {n: {"n_attacked": len(m.attacked[n]), "attacked": m.attacked[n]} for n in m.models},
-        "cells": [
-            {
-                "source": c.source,
-                "target": c.target,
-                "white_box": c.source == c.target,
-                "n_correct_before": c.n_correct_before,
-                "n_misclassified_after": c.n_misclassified_after,
-                "transferability": c.transferability,
-            }
-            for c in m.cells
-        ],
-    }
+def csv_safe(text: str) -> str:
+    """A cell a spreadsheet will not run as a formula."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def md_safe(text: str) -> str:
+    """Text that cannot break a Markdown table or inject markup."""
+    return "".join("\\" + ch if ch in "|*`[]<>\\" else ch for ch in text.replace("\n", " "))
 
 
 def matrix_csv(m: Measurement) -> str:
     grid = {(c.source, c.target): c.transferability for c in m.cells}
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["source \\ target", *m.models])
-    for s in m.models:
-        w.writerow([s, *("" if grid[s, t] is None else f"{grid[s, t]:.4f}" for t in m.models)])
+    w.writerow(["source \\ target", *(csv_safe(t) for t in m.targets)])
+    for s in m.sources:
+        w.writerow([csv_safe(s), *("" if grid[s, t] is None else f"{grid[s, t]:.4f}" for t in m.targets)])
     return buf.getvalue()
 
 
-def _stats(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    mean = 100 * statistics.fmean(values)
-    sd = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1f}% (sd {sd:.1f}, n={len(values)})"
+def test_sentence(test: PairedTest, what: str) -> str:
+    """The paired test in words, 'not significant' when it is not."""
+    if test.n == 0 or math.isnan(test.p_value):
+        return f"No source had usable cells on both sides: the comparison of {what} cannot be made."
+    d = test.mean_difference
+    diff = (
+        f"{100 * d.value:+.1f} points [{100 * d.low:.1f}, {100 * d.high:.1f}]"
+        if not math.isnan(d.low)
+        else (f"{100 * d.value:+.1f} points")
+    )
+    kind = "exact" if test.exact else "Monte Carlo"
+    base = (
+        f"mean difference (global - local) {diff} over {test.n} sources; "
+        f"{kind} sign-flip test p = {test.p_value:.3g}"
+    )
+    if not test.significant():
+        return f"{base}: **not significant** at 0.05; these data do not show {what} to differ."
+    direction = "less" if d.value < 0 else "more"
+    return f"{base}: significant at 0.05; global models are {direction} fooled than local ones."
 
 
-def report_md(m: Measurement, entries: dict[str, ModelEntry], meta: dict[str, Any]) -> str:
-    cross = [c for c in m.cells if c.source != c.target and c.transferability is not None]
-    white = [c for c in m.cells if c.source == c.target and c.transferability is not None]
-    undefined = [c for c in m.cells if c.transferability is None]
-    arch = {n: e.arch for n, e in entries.items()}
-
-    def vals(cells: list[Cell], pred) -> list[float]:
-        return [c.transferability for c in cells if pred(c)]  # type: ignore[misc]
-
+def report_md(
+    m: Measurement, info: dict[str, Info], clean: dict[str, CleanPerformance], meta: dict[str, Any], seed: int
+) -> str:
+    n = len(m.targets)
     lines = [
-        f"# FGSM transferability across {len(m.models)} models",
+        f"# {m.attack.upper()} transferability across {n} models (the study's protocol)",
         "",
-        f"Attack: {meta['attack']} with eps = {meta['eps']} in [0, 1] pixel space, crafted on each "
-        "source model's correctly classified pneumonia images from the held-out test sets "
-        f"({meta['n_images']} pneumonia images). Transferability(source -> target) = images the "
-        "target misclassifies after the attack / images of that set it classified correctly "
-        "before. Cross-model means exclude the white-box diagonal.",
+        f"Attack: {m.attack} with eps = {m.eps} in [0, 1] pixel space, crafted on each source model's "
+        f"correctly classified pneumonia images of the held-out test sets ({meta['n_images']} pneumonia "
+        f"images: {meta['n_images_by_set']}). Transferability(source -> target) = images the target "
+        "misclassifies after the attack / images of that set it classified correctly before. Every rate "
+        "carries its 95% interval (Wilson for one cell; bootstrap with a fixed seed for a mean) and, "
+        "beside it, the same rate for random-sign noise at the same eps on the same images (the "
+        f"control). Cells with fewer than {MIN_CELL} images are left out of every mean and listed below.",
         "",
-        "## By architecture (the study's table)",
+        "## 1. How good each model is before the attack (held-out test sets, argmax rule)",
         "",
-        "| architecture | drop as source (ours) | drop as target (ours) | white-box (ours) "
-        "| published drop, mean (sd) |",
+        "| model | AUC [95% CI] | sensitivity [95% CI] | specificity [95% CI] | right on the attack set |",
         "|---|---|---|---|---|",
     ]
-    for a in sorted({*arch.values()}):
-        pub = PUBLISHED.get(a)
-        pub_s = f"{pub[0]:.1f}% ({pub[1]:.1f})" if pub else "not in the study"
+    for t in m.targets:
+        c = clean[t]
         lines.append(
-            f"| {a} | {_stats(vals(cross, lambda c, a=a: arch[c.source] == a))} "
-            f"| {_stats(vals(cross, lambda c, a=a: arch[c.target] == a))} "
-            f"| {_stats(vals(white, lambda c, a=a: arch[c.source] == a))} | {pub_s} |"
+            f"| {md_safe(t)} | {c.auc.plain()} (n={c.n_positive}+{c.n_negative}) | {c.sensitivity.percent()} "
+            f"| {c.specificity.percent()} | {m.clean_correct[t]} / {meta['n_images']} |"
         )
-    kind = {n: e.kind for n, e in entries.items()}
+    table = study_table(m, info, seed)
     lines += [
         "",
-        "Published figures are the study's, quoted for comparison; ours come from this run.",
+        "## 2. The study's table, computed the way the study computed it",
         "",
-        "## Global vs local models",
+        "Per model: the mean transfer as a source over the other models (and as a target over the other "
+        "sources). Per architecture: the mean of those per-model means, their sd (the spread *between "
+        "models*, as in the study), a bootstrap 95% interval over the models, and the mean control.",
         "",
-        "| models | drop as target | drop as source |",
+        "| architecture | drop as source | same-arch targets | cross-arch targets | drop as target "
+        "| white-box | published drop, mean (sd) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for arch, row in table.items():
+        pub = PUBLISHED.get(arch)
+        lines.append(
+            f"| {md_safe(arch)} | {row['as_source'].text()} | {row['as_source_same_arch'].text()} "
+            f"| {row['as_source_cross_arch'].text()} | {row['as_target'].text()} | {row['white_box'].text()} "
+            f"| {f'{pub[0]:.1f}% ({pub[1]:.1f})' if pub else 'not in the study'} |"
+        )
+    lines += [
+        "",
+        "Published figures are the study's (quoted for comparison); ours come from this run.",
+        "",
+        "## 3. Cell-level view (means over cells, not over models)",
+        "",
+        "Each usable source -> target cell counts once; the sd is the spread between cells, which mixes "
+        "same- and cross-architecture pairs (larger than the study's sd by construction).",
+        "",
+        "| architecture | as source | as target |",
         "|---|---|---|",
     ]
-    for k in ("global", "local"):
-        lines.append(
-            f"| {k} | {_stats(vals(cross, lambda c, k=k: kind[c.target] == k))} "
-            f"| {_stats(vals(cross, lambda c, k=k: kind[c.source] == k))} |"
-        )
+    for arch, row in cell_view(m, info, seed).items():
+        lines.append(f"| {md_safe(arch)} | {row['as_source'].text()} | {row['as_target'].text()} |")
+    groups, test = global_vs_local(m, info, seed)
     lines += [
         "",
-        "## Clean accuracy on the attack set",
+        "## 4. Global vs local models as targets",
         "",
-        "| model | correct / pneumonia images |",
+        "| targets | transfer (mean over cells) |",
         "|---|---|",
+        f"| global | {groups['global'].text()} |",
+        f"| local | {groups['local'].text()} |",
+        "",
+        "Paired over sources: for each source, the transfer onto each architecture's global model minus "
+        "the mean onto that architecture's local models, averaged over architectures. "
+        + test_sentence(test, "global and local models' resistance"),
     ]
-    for n in m.models:
-        lines.append(f"| {n} | {m.clean_correct[n]} / {meta['n_images']} |")
-    if undefined:
+    lines += _lists(m, meta)
+    return "\n".join(lines) + "\n"
+
+
+def _lists(m: Measurement, meta: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    small = flagged(m)
+    if small:
         lines += [
             "",
-            "## Empty cells",
+            f"## Cells with fewer than {MIN_CELL} images (left out of every mean)",
             "",
-            "No attacked image was classified correctly by the target before the attack, "
-            "so transferability is undefined (empty in matrix.csv, null in results.json):",
+            f"{len(small)} of {len(m.cells)} cells (results.json: flagged_cells). By source:",
             "",
         ]
-        lines += [f"- {c.source} -> {c.target}" for c in undefined]
+        for src in m.sources:
+            mine = [c for c in small if c.source == src]
+            if mine:
+                lines.append(
+                    f"- {md_safe(src)}: "
+                    + ", ".join(f"{md_safe(c.target)} ({c.n_correct_before})" for c in mine)
+                )
+    empty = [s for s in m.sources if not m.attacked[s]]
+    if empty:
+        lines += [
+            "",
+            "## Empty rows",
+            "",
+            "These sources classified none of the attack images correctly:",
+            "",
+        ]
+        lines += [f"- {md_safe(s)}" for s in empty]
     if meta.get("skipped"):
         lines += ["", "## Skipped models", ""]
-        lines += [f"- {s['name']}: {s['reason']}" for s in meta["skipped"]]
+        lines += [f"- {md_safe(s['name'])}: {md_safe(s['reason'])}" for s in meta["skipped"]]
+    p = meta["provenance"]
     lines += [
         "",
-        "Files: results.json (every cell with its counts), matrix.csv, heatmap.png, config.yaml.",
+        "## Provenance",
         "",
+        f"Device {p['device']}, predictions in {p['dtype']}, crafting in float32 (TF32 off), batch "
+        f"{p['batch_size']}; torch {p['versions']['torch']}, timm {p['versions']['timm']}; split "
+        f"fingerprint {p['split_fingerprint']}. Files: results.json (every cell with its counts, "
+        "intervals and control), matrix.csv, heatmap.png, config.yaml.",
     ]
-    return "\n".join(lines)
+    return lines
 
 
-def heatmap_png(m: Measurement, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n = len(m.models)
-    grid = np.full((n, n), np.nan)
-    pos = {name: i for i, name in enumerate(m.models)}
-    for c in m.cells:
-        if c.transferability is not None:
-            grid[pos[c.source], pos[c.target]] = 100 * c.transferability
-    size = max(6.0, 0.55 * n + 3)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap="magma_r", vmin=0, vmax=100)
-    ax.set_xticks(range(n), m.models, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(n), m.models, fontsize=8)
-    ax.set_xlabel("target model")
-    ax.set_ylabel("source model (FGSM crafted on)")
-    for i in range(n):
-        for j in range(n):
-            txt = "-" if math.isnan(grid[i, j]) else f"{grid[i, j]:.0f}"
-            ax.text(
-                j,
-                i,
-                txt,
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if not math.isnan(grid[i, j]) and grid[i, j] > 55 else "black",
-            )
-    fig.colorbar(im, ax=ax, label="transferability (%)")
-    ax.set_title("FGSM transferability (source -> target)")
-    fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-
-
-def write_outputs(out: Path, m: Measurement, entries: dict[str, ModelEntry], meta: dict[str, Any]) -> None:
-    """Write every output atomically; results.json is deterministic (no timestamps)."""
+def write_outputs(
+    out: Path,
+    m: Measurement,
+    info: dict[str, Info],
+    clean: dict[str, CleanPerformance],
+    results: dict[str, Any],
+    meta: dict[str, Any],
+    seed: int,
+) -> None:
+    """Every output written atomically; results.json is deterministic (no timestamps)."""
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "results.json", json.dumps(results_json(m, entries, meta), indent=1))
+    atomic_write(out / "results.json", json.dumps(results, indent=1))
     atomic_write(out / "matrix.csv", matrix_csv(m))
-    atomic_write(out / "report.md", report_md(m, entries, meta))
-    heatmap_png(m, out / "heatmap.png")
+    atomic_write(out / "report.md", report_md(m, info, clean, meta, seed))
+    heatmap_png(m, out / "heatmap.png", f"{m.attack} (eps {m.eps}) transferability")

@@ -1,20 +1,29 @@
-"""`fedattack attack`: pull and verify the checkpoints, build the attack set, measure, report."""
+"""`fedattack attack`: check every setting, pull and verify the checkpoints, measure the
+study's attack (FGSM, member threat) with clean performance and controls, then the attack
+suite when asked; write the reports."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-from attack.attacks import build_attack
+from attack.attacks import build_attack, check_attack_names
+from attack.clean import clean_performance
+from attack.data import attack_set, check_split, load_test_sets
 from attack.fetch import StoreSnapshot, fetch_state, read_manifest, tls_context, wait_for_complete
+from attack.measure import Probe, Settings, Target
+from attack.provenance import provenance
 from attack.report import write_outputs
-from attack.transfer import AttackSet, LoadedModel, measure
+from attack.results import study_json
+from attack.suite import SuiteRequest, run_suite
+from attack.tables import Info
+from attack.threats import check_threat_names, member_sources
+from attack.transfer import measure
 from shared.config import ExperimentConfig
-from shared.data.cache import load_cached
-from shared.data.splits import load_manifest, make_splits, test_manifest_path
 from shared.errors import AttackError, CheckpointError
 from shared.models import model_from_state
 from shared.training import pick_device
@@ -22,35 +31,16 @@ from shared.training import pick_device
 log = logging.getLogger(__name__)
 
 
-def load_attack_set(cfg: ExperimentConfig) -> AttackSet:
-    """Pneumonia images of every dataset's held-out test set (no site trained on them)."""
-    paths = {name: test_manifest_path(cfg.splits_dir, name) for name in cfg.data.datasets}
-    if not all(p.exists() for p in paths.values()):
-        make_splits(cfg.data, cfg.seed, cfg.splits_dir)
-    images, ids = [], []
-    for path in paths.values():
-        manifest = load_manifest(path)
-        part = load_cached(
-            manifest, "test", cfg.data.image_size, cfg.cache_dir, cfg.data.workers, cfg.data.skip_unreadable
-        )
-        pos = np.flatnonzero(part.labels == 1)
-        if cfg.attack.max_images_per_dataset is not None:
-            pos = pos[: cfg.attack.max_images_per_dataset]
-        images.append(np.asarray(part.images[pos]))
-        ids += [f"{manifest.name}/{part.ids[i]}" for i in pos]
-    x = torch.from_numpy(np.concatenate(images)).float().div_(255.0).unsqueeze(1)
-    if cfg.data.channels != 1:
-        x = x.expand(-1, cfg.data.channels, -1, -1).contiguous()
-    if len(ids) == 0:
-        raise AttackError("the held-out test sets hold no pneumonia images to attack")
-    return AttackSet(x, tuple(ids))
+@dataclass(frozen=True)
+class Loaded:
+    targets: list[Target]
+    hashes: dict[str, str]
+    skipped: list[dict[str, str]]
 
 
-def load_models(
-    snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path, skip_bad: bool
-) -> tuple[list[LoadedModel], list[dict]]:
+def load_models(snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path, skip_bad: bool) -> Loaded:
     """Verify and load every model of the store; refuse (or, with skip_bad, skip) bad ones."""
-    models, skipped = [], []
+    targets, hashes, skipped = [], {}, []
     for entry in snap.models:
         try:
             if entry.input.size != cfg.data.image_size or entry.input.channels != cfg.data.channels:
@@ -60,15 +50,42 @@ def load_models(
                 )
             state = fetch_state(snap, entry, cache)
             model = model_from_state(entry.arch, entry.input, state).eval()
-            models.append(LoadedModel(entry, model))
+            targets.append(Target(entry.name, entry.arch, entry.kind, entry.site, model))
+            hashes[entry.name] = entry.sha256
         except CheckpointError as e:
             if not skip_bad:
                 raise CheckpointError(f"{e} (pass --skip-bad to measure without it)") from None
             log.warning("skipping %s: %s", entry.name, e)
             skipped.append({"name": entry.name, "reason": str(e)})
-    if not models:
+    if not targets:
         raise AttackError("no usable model in the checkpoint store")
-    return models, skipped
+    return Loaded(targets, hashes, skipped)
+
+
+def settings_for(cfg: ExperimentConfig) -> Settings:
+    device = pick_device()
+    if cfg.attack.precision == "bfloat16" and device.type != "cuda":
+        raise AttackError("attack.precision bfloat16 needs a CUDA device; use float32 on the CPU")
+    # crafting and every decision in full float32: no TF32 on Ampere and later
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    dtype = torch.bfloat16 if cfg.attack.precision == "bfloat16" else torch.float32
+    return Settings(
+        cfg.attack.batch_size, device, dtype, cfg.seed, cfg.attack.universal.fit_fraction, cfg.attack.control
+    )
+
+
+def snapshot(store: str, watch: bool, root_certificates: Path | None) -> StoreSnapshot:
+    context = tls_context(root_certificates)
+    if watch:
+        return wait_for_complete(store, context=context)
+    snap = read_manifest(store, context)
+    if not snap.manifest["complete"]:
+        raise CheckpointError(
+            f"{store}: the checkpoint store is incomplete (federation still running or failed); "
+            "wait for it, or use --watch"
+        )
+    return snap
 
 
 def run_attack(
@@ -79,35 +96,48 @@ def run_attack(
     watch: bool = False,
     progress: bool = True,
     root_certificates: Path | None = None,
+    suite: SuiteRequest | None = None,
 ) -> Path:
     """The whole job; returns the report path. `root_certificates`: the CA that an
     https:// store's certificate must chain to (default: the system's CAs)."""
-    attack = build_attack(cfg.attack.name, cfg.attack.eps)
-    context = tls_context(root_certificates)
-    if watch:
-        snap = wait_for_complete(store, context=context)
-    else:
-        snap = read_manifest(store, context)
-        if not snap.manifest["complete"]:
-            raise CheckpointError(
-                f"{store}: the checkpoint store is incomplete (federation still running or "
-                "failed); wait for it, or use --watch"
-            )
+    check_attack_names([cfg.attack.name])
+    if suite is not None:
+        check_attack_names(suite.attacks + suite.sweep_attacks)
+        check_threat_names(suite.threats)
+    s = settings_for(cfg)
+    test, digests = load_test_sets(cfg)
+    data = attack_set(test, cfg.attack.max_images_per_dataset)
+    snap = snapshot(store, watch, root_certificates)
+    split = check_split(snap.manifest.get("split"), digests, store)
+    loaded = load_models(snap, cfg, out / ".checkpoints", skip_bad)
     torch.manual_seed(cfg.seed)
-    models, skipped = load_models(snap, cfg, out / ".checkpoints", skip_bad)
-    data = load_attack_set(cfg)
-    log.info("attack set: %d pneumonia images; %d models", len(data), len(models))
-    result = measure(models, attack, data, cfg.attack.batch_size, pick_device(), progress)
-    meta = {
-        "attack": attack.name,
-        "eps": cfg.attack.eps,
+    log.info("attack set: %d pneumonia images; %d models", len(data), len(loaded.targets))
+    info = {t.name: Info(t.name, t.arch, t.kind, t.site) for t in loaded.targets}
+    probe = Probe(loaded.targets, data, s)
+    m = measure(
+        member_sources(loaded.targets),
+        build_attack(cfg.attack.name, cfg.attack.eps, cfg.attack),
+        probe,
+        s,
+        progress,
+    )
+    clean = {t.name: clean_performance(t.model, test, s) for t in loaded.targets}
+    by_set = {k: sum(1 for i in data.ids if i.startswith(k + "/")) for k in digests}
+    meta: dict[str, Any] = {
+        "attack": m.attack,
+        "eps": m.eps,
+        "threat": "member",
         "seed": cfg.seed,
         "store": store,
         "n_images": len(data),
+        "n_images_by_set": ", ".join(f"{n} from {k}" for k, n in by_set.items()),
         "image_size": cfg.data.image_size,
-        "skipped": skipped,
+        "skipped": loaded.skipped,
+        "provenance": provenance(s, split),
     }
-    entries = {m.entry.name: m.entry for m in models}
-    write_outputs(out, result, entries, meta)
+    results = study_json(m, info, clean, loaded.hashes, meta, cfg.seed)
+    write_outputs(out, m, info, clean, results, meta, cfg.seed)
     cfg.dump(out / "config.yaml")
+    if suite is not None:
+        run_suite(cfg, suite, probe, loaded.targets, info, s, out / "suite", meta["provenance"], progress)
     return out / "report.md"

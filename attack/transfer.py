@@ -1,217 +1,137 @@
-"""The transfer measurement.
+"""One attack from every source onto every target: the counts of every cell.
 
-For each source model: the pneumonia images of the held-out test sets that it classifies
-correctly are attacked on it. For each target model (all of them, the source included):
-transferability(source -> target) = images the target misclassifies after the attack
-/ images of that attacked set the target classified correctly before it (the numerator
-counts only images in the denominator).
-
-Each model is loaded once. Crafting keeps each attack's compact code of its adversarial
-images (FGSM: int8 signs, one byte per pixel), from which they are rebuilt exactly; each
-target then probes every source's adversarial set in one streamed pass, without autograd.
+Crafting keeps each attack's compact code of its adversarial images (FGSM: int8 signs;
+iterative attacks: the images; universal attacks: one delta), from which they are rebuilt
+exactly; each target then probes every source's adversarial set in one streamed pass,
+only on the images it classified correctly before (no other image can count).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from tqdm import tqdm
 
 from attack.attacks import Attack
-from shared.checkpoint import ModelEntry
-from shared.training import prepare
+from attack.measure import (
+    Cell,
+    Measurement,
+    Probe,
+    Settings,
+    Source,
+    clean_and_craft,
+    craft,
+    fit_mask,
+    is_member,
+    on_device,
+    predict_pneumonia,
+    seed_of,
+    stream,
+)
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class AttackSet:
-    """The pneumonia-positive held-out test images, in [0, 1]."""
-
-    images: torch.Tensor  # float32 [N, C, S, S]
-    ids: tuple[str, ...]  # "<test manifest>/<image id>"
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    entry: ModelEntry
-    model: nn.Module
-
-
-@dataclass
-class Cell:
-    source: str
-    target: str
-    n_correct_before: int
-    n_misclassified_after: int
-
-    @property
-    def transferability(self) -> float | None:
-        """None when the target got none of the attacked images right before the attack."""
-        if self.n_correct_before == 0:
-            return None
-        return self.n_misclassified_after / self.n_correct_before
-
-
-@dataclass
-class Measurement:
-    models: list[str]
-    attacked: dict[str, list[str]] = field(default_factory=dict)  # source -> image ids
-    cells: list[Cell] = field(default_factory=list)
-    clean_correct: dict[str, int] = field(default_factory=dict)
-
-
-def _batches(n: int, size: int) -> Iterator[slice]:
-    for i in range(0, n, size):
-        yield slice(i, min(n, i + size))
-
-
-def _stream(sizes: dict[str, int], batch: int) -> Iterator[list[tuple[str, slice]]]:
-    """Full batches across sets: the sets' items in order, cut into pieces of `batch`
-    (a piece lists which set and which slice of it). Small adversarial sets would
-    otherwise each end in a part-filled batch."""
-    piece: list[tuple[str, slice]] = []
-    room = batch
-    for name, n in sizes.items():
-        start = 0
-        while start < n:
-            take = min(room, n - start)
-            piece.append((name, slice(start, start + take)))
-            start += take
-            room -= take
-            if room == 0:
-                yield piece
-                piece, room = [], batch
-    if piece:
-        yield piece
-
-
-@torch.inference_mode()
-def predict_labels(model: nn.Module, images: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
-    """Argmax predictions [N] (bool: pneumonia) without autograd, batched, AMP on CUDA."""
-    out = torch.empty(len(images), dtype=torch.bool)
-    amp = device.type == "cuda"
-    for s in _batches(len(images), batch):
-        x = images[s].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out[s] = (model(x).argmax(1) == 1).cpu()
-    return out
-
-
-def craft(
-    model: nn.Module, attack: Attack, images: torch.Tensor, batch: int, device: torch.device
-) -> torch.Tensor:
-    """The attack's codes for `images` (all labelled pneumonia) on `model`."""
-    parts = []
-    for s in _batches(len(images), batch):
-        x = images[s].to(device)
-        y = torch.ones(len(x), dtype=torch.long, device=device)
-        parts.append(attack.craft(model, x, y).cpu())
-    return torch.cat(parts) if parts else torch.empty((0, *images.shape[1:]))
-
-
-# Fused clean pass + crafting (CPU), for attacks that take the clean gradient: forward
-# with autograd once, backward when at least this share of the batch is right. Costs,
-# with f one forward and a backward ~2f: fused 3f, separate f + 3f*share. On CUDA the
-# separate clean pass is much cheaper, so there it stays separate.
-FUSE_MIN_CORRECT = 2 / 3
-
-
-def _fused_batch(
-    model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor
+def _craft_source(
+    src: Source, attack: Attack, probe: Probe, s: Settings, fit: torch.Tensor | None, m: Measurement
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Which of `x` the model classifies as `y`, and the codes of those, from one forward
-    pass. Per-sample gradients do not depend on the rest of the batch (eval mode); the
-    loss is the mean over the correct images, as if they had been a batch of their own."""
-    xg = x.detach().clone().requires_grad_(True)
-    logits = model(xg)
-    ok = logits.detach().argmax(1) == y
-    if int(ok.sum()) == 0:
-        return ok, None
-    if float(ok.float().mean()) < FUSE_MIN_CORRECT:
-        return ok, attack.craft(model, x[ok], y[ok])
-    (grad,) = torch.autograd.grad(F.cross_entropy(logits[ok], y[ok]), xg)
-    return ok, attack.craft(model, x[ok], y[ok], grad[ok])
-
-
-def clean_and_craft(
-    model: nn.Module, attack: Attack, images: torch.Tensor, batch: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(correct [N] bool, codes of the correct images in order) for one source."""
-    if device.type != "cpu" or not attack.uses_clean_gradient:
-        correct = predict_labels(model, images, batch, device)
-        return correct, craft(model, attack, images[correct], batch, device)
-    correct = torch.empty(len(images), dtype=torch.bool)
-    parts = []
-    for s in _batches(len(images), batch):
-        x = images[s]
-        ok, code = _fused_batch(model, attack, x, torch.ones(len(x), dtype=torch.long))
-        correct[s] = ok
-        if code is not None:
-            parts.append(code)
-    codes = torch.cat(parts) if parts else torch.empty((0, *images.shape[1:]), dtype=torch.int8)
-    return correct, codes
-
-
-def _on(model: nn.Module, device: torch.device) -> nn.Module:
-    model = prepare(model, device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    """(indices of the attacked images, their code) for one source; code None when the
+    source got no image right (an empty row)."""
+    data = probe.data
+    gen = torch.Generator().manual_seed(seed_of(s.seed, attack.name, attack.eps, src.name))
+    member = is_member(src, probe)
+    fusable = attack.uses_clean_gradient and not attack.universal and s.device.type == "cpu"
+    if member and fusable and src.name not in probe.correct:
+        correct, code = clean_and_craft(probe.model(src.name), attack, data.images, s, gen)
+        probe.correct[src.name] = correct
+        idx = torch.nonzero(correct).flatten()
+        return idx, code if len(idx) else None
+    if member:
+        correct = probe.clean(src.name)
+        surrogate = src.surrogate  # the target's own model, already on the device
+    else:
+        surrogate = on_device(src.surrogate, s.device)  # type: ignore[assignment]
+        correct = predict_pneumonia(surrogate, data.images, s)
+    if fit is None:
+        idx = torch.nonzero(correct).flatten()
+        return idx, craft(src.surrogate, attack, data.images[idx], s, gen) if len(idx) else None
+    fit_idx = torch.nonzero(correct & fit).flatten()
+    idx = torch.nonzero(correct & ~fit).flatten()
+    m.fit[src.name] = [data.ids[i] for i in fit_idx.tolist()]
+    if len(fit_idx) == 0 or len(idx) == 0:
+        return idx, None
+    return idx, craft(src.surrogate, attack, data.images[fit_idx], s, gen)
 
 
 def measure(
-    models: list[LoadedModel],
-    attack: Attack,
-    data: AttackSet,
-    batch: int,
-    device: torch.device,
-    progress: bool = True,
+    sources: list[Source], attack: Attack, probe: Probe, s: Settings, progress: bool = True
 ) -> Measurement:
-    """Craft on every source, probe every target; return the counts of every cell."""
-    from tqdm import tqdm
+    """Craft on every source, probe every target; the counts of every cell."""
+    data = probe.data
+    targets = list(probe.targets)
+    m = Measurement(attack.name, attack.eps, [src.name for src in sources], targets)
+    fit = fit_mask(data.ids, s.fit_fraction, s.seed) if attack.universal else None
+    attacked: dict[str, torch.Tensor] = {}
+    codes: dict[str, torch.Tensor | None] = {}
+    label = f"crafting {attack.name} (eps {attack.eps})"
+    for src in tqdm(sources, desc=label, unit="source", disable=not progress):
+        attacked[src.name], codes[src.name] = _craft_source(src, attack, probe, s, fit, m)
+        m.attacked[src.name] = [data.ids[i] for i in attacked[src.name].tolist()]
+        if codes[src.name] is None:
+            log.warning("%s on %s: no correctly classified image to attack: empty row", attack.name, src.name)
+    for name in tqdm(targets, desc="probing targets", unit="model", disable=not progress):
+        before = probe.clean(name)
+        m.clean_correct[name] = int(before.sum())
+        control = probe.control_wrong(name, attack.eps) if s.control else None
+        wrong = _probe(name, attack, probe, s, attacked, codes, before)
+        for src in sources:
+            idx = attacked[src.name]
+            ok = before[idx]
+            m.cells.append(
+                Cell(
+                    src.name,
+                    name,
+                    int(ok.sum()),
+                    int((ok & wrong[src.name]).sum()),
+                    None if control is None else int((ok & control[idx]).sum()),
+                    white_box=name in src.members,
+                )
+            )
+    return m
 
-    names = [m.entry.name for m in models]
-    result = Measurement(models=names)
-    correct: dict[str, torch.Tensor] = {}
-    attacked_idx: dict[str, torch.Tensor] = {}
-    codes: dict[str, torch.Tensor] = {}
-    for lm in tqdm(models, desc=f"crafting {attack.name}", unit="model", disable=not progress):
-        net = _on(lm.model, device)
-        name = lm.entry.name
-        correct[name], codes[name] = clean_and_craft(net, attack, data.images, batch, device)
-        idx = torch.nonzero(correct[name]).flatten()
-        attacked_idx[name] = idx
-        result.attacked[name] = [data.ids[i] for i in idx.tolist()]
-        result.clean_correct[name] = int(correct[name].sum())
-        log.info("crafted on %s: %d of %d pneumonia images attacked", name, len(idx), len(data))
-        lm.model.to("cpu")
-    for lm in tqdm(models, desc="probing targets", unit="model", disable=not progress):
-        net = _on(lm.model, device)
-        target = lm.entry.name
-        adv_wrong = {src: torch.empty(len(attacked_idx[src]), dtype=torch.bool) for src in names}
-        for piece in _stream({src: len(attacked_idx[src]) for src in names}, batch):
-            x_adv = torch.cat(
-                [attack.apply(data.images[attacked_idx[src][sl]], codes[src][sl]) for src, sl in piece]
-            )
-            wrong = ~predict_labels(net, x_adv, batch, device)
-            at = 0
-            for src, sl in piece:
-                n = sl.stop - sl.start
-                adv_wrong[src][sl] = wrong[at : at + n]
-                at += n
-        for source in names:
-            before = correct[target][attacked_idx[source]]
-            result.cells.append(
-                Cell(source, target, int(before.sum()), int((before & adv_wrong[source]).sum()))
-            )
-        lm.model.to("cpu")
-        log.info("probed %s with %d adversarial sets", target, len(names))
-    return result
+
+def _probe(
+    name: str,
+    attack: Attack,
+    probe: Probe,
+    s: Settings,
+    attacked: dict[str, torch.Tensor],
+    codes: dict[str, torch.Tensor | None],
+    before: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Per source: [attacked] bool, the target misclassifies the adversarial image (probed
+    only where it was right before)."""
+    images = probe.data.images
+    wrong = {src: torch.zeros(len(idx), dtype=torch.bool) for src, idx in attacked.items()}
+    positions = {
+        src: torch.nonzero(before[idx]).flatten()
+        if codes[src] is not None
+        else torch.zeros(0, dtype=torch.long)
+        for src, idx in attacked.items()
+    }
+    model = probe.model(name)
+    for piece in stream({src: len(pos) for src, pos in positions.items()}, s.batch):
+        parts = []
+        for src, sl in piece:
+            pos = positions[src][sl]
+            code = codes[src]
+            assert code is not None
+            parts.append(attack.apply(images[attacked[src][pos]], code if attack.universal else code[pos]))
+        out = ~predict_pneumonia(model, torch.cat(parts), s)
+        at = 0
+        for src, sl in piece:
+            n = sl.stop - sl.start
+            wrong[src][positions[src][sl]] = out[at : at + n]
+            at += n
+    return wrong

@@ -64,25 +64,58 @@ def _federate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(text: str, flag: str, kind: type = str) -> list:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        raise FedAttackError(f"{flag} {text!r}: expected a comma-separated list of numbers") from None
+
+
+def suite_overrides(args: argparse.Namespace) -> dict:
+    """--attack/--threat/--eps as config overrides (validated with the config's own keys)."""
+    o: dict = {}
+    if args.attack:
+        o["attack.suite.attacks"] = o["attack.suite.sweep_attacks"] = _csv(args.attack, "--attack")
+    if args.threat:
+        o["attack.suite.threats"] = _csv(args.threat, "--threat")
+    if args.eps:
+        o["attack.suite.sweep_eps"] = _csv(args.eps, "--eps", float)
+    return o
+
+
 def _attack(args: argparse.Namespace) -> int:
     from attack.service import run_attack
+    from attack.suite import SuiteRequest
     from shared.config import load_config
 
-    cfg = load_config(args.config)
+    extra = suite_overrides(args)
+    cfg = load_config(args.config, extra)
     out = Path(args.out) if args.out else cfg.attack_dir
     ca = Path(args.root_certificates) if args.root_certificates else None
+    suite = SuiteRequest.from_config(cfg) if (args.suite or extra) else None
     report = run_attack(
-        cfg, args.checkpoints or str(cfg.store_dir), out, args.skip_bad, args.watch, root_certificates=ca
+        cfg,
+        args.checkpoints or str(cfg.store_dir),
+        out,
+        args.skip_bad,
+        args.watch,
+        root_certificates=ca,
+        suite=suite,
     )
     print(report.read_text())
     print(f"report: {report}")
+    if suite is not None:
+        print(f"suite report: {out / 'suite' / 'suite.md'}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
 
-    report = run_demo(Path(args.config), Path(args.out) if args.out else None, args.patients, args.size)
+    report = run_demo(
+        Path(args.config), Path(args.out) if args.out else None, args.patients, args.size, args.seed
+    )
     print(f"\ndemo finished. report: {report}")
     return 0
 
@@ -125,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.set_defaults(func=_federate)
 
-    a = sub.add_parser("attack", help="FGSM transfer across every model of a checkpoint store")
+    a = sub.add_parser(
+        "attack", help="the study's FGSM transfer across every model of a store, and the suite"
+    )
     a.add_argument("--config", required=True, help="experiment YAML (attack settings, test data)")
     a.add_argument(
         "--checkpoints",
@@ -139,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--watch", action="store_true", help="service mode: wait until the store is complete, then run"
     )
+    a.add_argument(
+        "--suite",
+        action="store_true",
+        help="also run the attack suite (attack.suite: every attack x threat model, eps sweeps)",
+    )
+    a.add_argument("--attack", help="suite attacks, e.g. pgd,midi (implies --suite)")
+    a.add_argument("--threat", help="suite threat models: member,insider,outsider (implies --suite)")
+    a.add_argument("--eps", help="suite eps sweep, e.g. 0.01,0.02 (implies --suite)")
     a.set_defaults(func=_attack)
 
     add_deploy_commands(sub)
@@ -148,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="output folder (overrides output_dir)")
     d.add_argument("--patients", type=int, default=None, help="synthetic patients per dataset")
     d.add_argument("--size", type=int, default=None, help="synthetic image side in pixels")
+    d.add_argument("--seed", type=int, default=None, help="experiment seed (also draws the synthetic twin)")
     d.set_defaults(func=_demo)
     return p
 

@@ -21,12 +21,14 @@ def train(msg: Message, context: Context) -> Message:
     config = config_in(msg.content, "config")
     finetune = config_str(config, "phase", "fedavg") == "finetune"
     rnd = config_int(config, "server-round") + config_int(config, "round-offset", 0)
-    new_state, metrics = train_site(node, run, arrays_in(msg.content), rnd, finetune)
+    result = train_site(node, run, arrays_in(msg.content), rnd, finetune)
     content = RecordDict(
         {
-            "arrays": to_record(new_state),
-            "metrics": MetricRecord(dict(metrics)),
+            "arrays": to_record(result.state),
+            "metrics": MetricRecord(dict(result.metrics)),
             "meta": ConfigRecord({"site": node.site}),
         }
     )
+    if finetune and result.received_bn is not None:  # the server pools them into the global
+        content["received-bn"] = to_record(result.received_bn)
     return Message(content=content, reply_to=msg)

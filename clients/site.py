@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import torch
 from flwr.app import ArrayRecord
 
+from shared.batchnorm import recalibrate, statistics
 from shared.config import SITES
 from shared.data.cache import CachedPart, load_cached
+from shared.data.fingerprint import manifest_digest
 from shared.data.splits import load_manifest
 from shared.data.torchdata import make_loader
 from shared.errors import ConfigError, FederationError
@@ -32,6 +35,17 @@ from shared.training import (
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class SiteResult:
+    """What a site sends back: its trained weights, its metrics, and the BatchNorm
+    statistics of the model it received, re-estimated on its data (None when the run
+    restarts the statistics instead)."""
+
+    state: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    received_bn: dict[str, torch.Tensor] | None
+
+
 def check_pin(node: NodeConfig, run: RunSettings) -> None:
     """A site that pinned its image size (the size it prepared its data for) refuses a run
     at another size."""
@@ -48,6 +62,12 @@ def site_data(node: NodeConfig, run: RunSettings, part: str) -> CachedPart:
     if manifest.name != f"site_{node.site}":
         raise ConfigError(
             f"site {node.site}: node config 'manifest' {node.manifest} belongs to {manifest.name}"
+        )
+    expected = run.split_digests.get(manifest.name)
+    if expected is not None and manifest_digest(manifest) != expected:
+        raise FederationError(
+            f"site {node.site}: its manifest {node.manifest} is not the one of the split this run was "
+            "submitted with (the fingerprints differ); give the site its shard from the same split"
         )
     return load_cached(manifest, part, run.image_size, node.cache_dir, run.workers, run.skip_unreadable)
 
@@ -70,10 +90,11 @@ def train_site(
     arrays: ArrayRecord,
     server_round: int,
     finetune: bool,
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Validate the received global model, train (or fine-tune) it on this site's shard,
-    validate the result. Folding the global evaluation into the training message saves
-    a full Flower round trip per round."""
+) -> SiteResult:
+    """Re-estimate the received global model's BatchNorm statistics on this site's data,
+    validate it, train (or fine-tune) it on this site's shard, validate the result.
+    Folding the global evaluation into the training message saves a full Flower round
+    trip per round."""
     _threads(run)
     site_index = SITES.index(site.site)
     torch.manual_seed(run.seed * 10_000 + server_round * 10 + site_index + (5 if finetune else 0))
@@ -82,8 +103,15 @@ def train_site(
     train = site_data(site, run, "train")
     val = site_data(site, run, "val")
     val_loader = make_loader(val, run.channels, run.batch_size * 2, False, 0, 0)
+    bn = None
+    if run.batchnorm == "recalibrate":  # statistics of the received weights, on this site's data
+        recalibrate(
+            model, make_loader(train, run.channels, run.batch_size * 2, False, run.workers, 0), device
+        )
+        bn = statistics(model)
     before = evaluate(model, val_loader, device)
-    restart_batchnorm_statistics(model)
+    if run.batchnorm == "restart":
+        restart_batchnorm_statistics(model)
     epochs = run.finetune_epochs if finetune else run.local_epochs
     lr = run.finetune_lr if finetune else run.optimizer.lr
     loader = make_loader(
@@ -115,4 +143,4 @@ def train_site(
         **before.as_metrics("global-val-"),
         **after.as_metrics("val-"),
     }
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
+    return SiteResult({k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics, bn)

@@ -69,6 +69,18 @@ class Connection:
         except (json.JSONDecodeError, KeyError, IndexError):
             return "unknown"
 
+    def statuses(self) -> dict[int, str]:
+        """Every run's status in one call (run id -> 'running', 'finished:completed', ...)."""
+        res = self.flwr("ls", NAME, "--format", "json")
+        try:
+            return {int(r["run-id"]): str(r["status"]) for r in json.loads(res.stdout)["runs"]}
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            return {}
+
+    def stop(self, run_id: int) -> None:
+        """Ask the SuperLink to stop a run (used when a sibling run failed)."""
+        self.flwr("stop", str(run_id), NAME)
+
     def register(self, public_key: Path) -> str:
         """Register a SuperNode's public key; 'registered' or 'already registered'."""
         res = self.flwr("supernode", "register", str(Path(public_key).absolute()), NAME)

@@ -13,6 +13,7 @@ from deploy.flower import path_with_bin, superlink_command, supernode_command
 from deploy.processes import ProcessGroup, free_port, tail, wait_for_port
 from deploy.progress import ProgressPrinter, run_all
 from shared.config import ExperimentConfig
+from shared.data.fingerprint import split_fingerprint
 from shared.data.splits import make_splits, site_manifest_path
 from shared.errors import FederationError
 from shared.nodeconfig import NodeConfig
@@ -131,6 +132,7 @@ def federate(
             progress,
             dep.check_processes,
             str(dep.group.log_dir / "superlink.log"),
+            split=split_fingerprint(cfg.splits_dir),
         )
     store.check_complete()
     return store.root

@@ -7,7 +7,9 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,65 +73,22 @@ def format_event(r: dict[str, Any]) -> str:
     return ""
 
 
-def run_architecture(
-    conn: Connection,
-    run_config: dict[str, Any],
-    progress: ProgressPrinter | None,
-    check: Callable[[], None] = lambda: None,
-    logs_hint: str = "the SuperLink's log",
-    poll_s: float = 1.0,
-    status_every_s: float = 60.0,
-) -> None:
-    """Submit one run and wait for it; raise FederationError with the reason if it fails.
+@dataclass
+class Watched:
+    """One submitted run and what its events said so far."""
 
-    With the store readable here (`progress`), the ServerApp's events say when a run ends
-    and why it failed; asking the SuperLink (`flwr ls`, a costly command) is then only a
-    periodic fallback for a ServerApp that died before it could write anything. Without it
-    (a remote store), the SuperLink's run status decides."""
-    arch = run_config["arch"]
-    seen: list[dict[str, Any]] = []  # this run's events, as they appear
-    run_id = conn.submit(run_config)
-    log.info("%s: submitted as run %d", arch, run_id)
-    if progress is None:
-        print(f"[{arch}] submitted as run {run_id}; no local store: polling the SuperLink", flush=True)
-        status_every_s = min(status_every_s, 15.0)
-    next_status = time.monotonic() + status_every_s
-    while True:
-        time.sleep(poll_s)
-        events = [e for e in progress.poll() if e.get("arch") == arch] if progress else []
-        seen += events
-        check()
-        ended = any(e["event"] in ("run-failed", "run-done") for e in events)
-        if not ended and time.monotonic() < next_status:
-            continue
-        next_status = time.monotonic() + status_every_s
-        status = conn.status(run_id)
-        if ended and not status.startswith("finished"):
-            deadline = time.monotonic() + 60  # the ServerApp is wrapping up
-            while not status.startswith("finished") and time.monotonic() < deadline:
-                time.sleep(1)
-                status = conn.status(run_id)
-        if not status.startswith("finished"):
-            continue
-        if progress is None:
-            if status != "finished:completed":
-                raise FederationError(f"{arch}: run {run_id} ended as {status!r}; see {logs_hint}")
-            print(f"[{arch}] run {run_id} complete", flush=True)
-            return
-        rows = seen + [e for e in progress.poll() if e.get("arch") == arch]
-        failed = [r for r in rows if r["event"] == "run-failed"]
-        if failed:
-            raise FederationError(f"{arch}: {failed[-1]['reason']}")
-        if status == "finished:completed" and not rows:
-            print(
-                f"[{arch}] run {run_id} complete (no events in {progress.path}: the store "
-                "is not the one the ServerApp writes?)",
-                flush=True,
-            )
-            return
-        if status != "finished:completed" or not any(r["event"] == "run-done" for r in rows):
-            raise FederationError(f"{arch}: run {run_id} ended as {status!r}; see {logs_hint}")
-        return
+    arch: str
+    run_id: int
+    events: list[dict[str, Any]] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def ended(self) -> bool:
+        return any(e["event"] in ("run-failed", "run-done") for e in self.events)
+
+    def failure(self) -> str | None:
+        failed = [e for e in self.events if e["event"] == "run-failed"]
+        return str(failed[-1]["reason"]) if failed else None
 
 
 def run_all(
@@ -140,8 +99,88 @@ def run_all(
     progress: ProgressPrinter | None,
     check: Callable[[], None] = lambda: None,
     logs_hint: str = "the SuperLink's log",
+    poll_s: float = 1.0,
+    status_every_s: float = 60.0,
+    split: dict[str, str] | None = None,
 ) -> None:
-    """One Flower run per architecture, in the config's order."""
-    for arch in cfg.federation.architectures:
-        rc = run_settings_for(cfg, arch, store, resume).to_run_config()
-        run_architecture(conn, rc, progress, check, logs_hint)
+    """One Flower run per architecture, all at once on the same SuperLink (or one after the
+    other with federation.concurrent_runs false); raise FederationError with the reason of
+    the first run that fails, after asking the SuperLink to stop the others.
+
+    With the store readable here (`progress`), the ServerApps' events say when a run ends
+    and why it failed; asking the SuperLink (`flwr ls`, a costly command) is then only a
+    periodic fallback for a ServerApp that died before it could write anything. Without it
+    (a remote store), the SuperLink's run status decides."""
+    study = uuid.uuid4().hex[:16]  # one id for every run of this submission: one store reset
+    archs = list(cfg.federation.architectures)
+    batches = [archs] if cfg.federation.concurrent_runs else [[a] for a in archs]
+    for batch in batches:
+        runs = {}
+        for arch in batch:
+            rc = run_settings_for(cfg, arch, store, resume, study, split).to_run_config()
+            runs[arch] = Watched(arch, conn.submit(rc))
+            log.info("%s: submitted as run %d", arch, runs[arch].run_id)
+            where = "" if progress else "; no local store: polling the SuperLink"
+            print(f"[{arch}] submitted as run {runs[arch].run_id}{where}", flush=True)
+        try:
+            _wait(conn, runs, progress, check, logs_hint, poll_s, status_every_s if progress else 15.0)
+        except BaseException:
+            for w in runs.values():
+                if not w.done:
+                    conn.stop(w.run_id)
+            raise
+
+
+def _wait(
+    conn: Connection,
+    runs: dict[str, Watched],
+    progress: ProgressPrinter | None,
+    check: Callable[[], None],
+    logs_hint: str,
+    poll_s: float,
+    status_every_s: float,
+) -> None:
+    next_status = time.monotonic() + status_every_s
+    while not all(w.done for w in runs.values()):
+        time.sleep(poll_s)
+        for e in progress.poll() if progress else []:
+            if e.get("arch") in runs:
+                runs[e["arch"]].events.append(e)
+        check()
+        for w in runs.values():
+            reason = w.failure()
+            if reason is not None:
+                raise FederationError(f"{w.arch}: {reason}")
+        waiting = [w for w in runs.values() if not w.done]
+        if not any(w.ended for w in waiting) and time.monotonic() < next_status:
+            continue
+        next_status = time.monotonic() + status_every_s
+        statuses = conn.statuses()
+        for w in waiting:
+            status = statuses.get(w.run_id, "unknown")
+            if status.startswith("finished"):
+                _finished(w, status, progress, logs_hint)
+
+
+def _finished(w: Watched, status: str, progress: ProgressPrinter | None, logs_hint: str) -> None:
+    """A run the SuperLink reports finished: done, or a FederationError with the reason."""
+    if progress is not None:
+        w.events += [e for e in progress.poll() if e.get("arch") == w.arch]
+        reason = w.failure()
+        if reason is not None:
+            raise FederationError(f"{w.arch}: {reason}")
+        if status == "finished:completed" and not w.events:
+            print(
+                f"[{w.arch}] run {w.run_id} complete (no events in {progress.path}: the store "
+                "is not the one the ServerApp writes?)",
+                flush=True,
+            )
+            w.done = True
+            return
+        if not any(e["event"] == "run-done" for e in w.events):
+            raise FederationError(f"{w.arch}: run {w.run_id} ended as {status!r}; see {logs_hint}")
+    if status != "finished:completed":
+        raise FederationError(f"{w.arch}: run {w.run_id} ended as {status!r}; see {logs_hint}")
+    if progress is None:
+        print(f"[{w.arch}] run {w.run_id} complete", flush=True)
+    w.done = True

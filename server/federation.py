@@ -19,6 +19,7 @@ from flwr.serverapp import Grid
 
 from server.plot import plot_metrics
 from server.strategy import SiteAwareFedAvg, check_replies, global_evaluation, log_site_replies, site_of
+from shared.batchnorm import pool, statistics
 from shared.errors import FederationError
 from shared.events import EventLog
 from shared.models import Classifier, build_model
@@ -62,10 +63,14 @@ class Federation:
         run = self.run
         state = {k: v.detach().clone() for k, v in self.reference.state_dict().items()}
         offset = 0
-        if not run.resume and run.arch == run.architectures[0]:
-            # a fresh study: a complete manifest left from an earlier one must not make a
-            # watching attack service start early (the submitter may be on another host)
-            self.store.reset()
+        # a fresh study: a complete manifest left from an earlier one must not make a
+        # watching attack service start early (the submitter may be on another host)
+        if run.study:
+            self.store.begin(run.study, run.resume)
+        if run.split_digests:
+            self.store.record_split(run.split_digests, run.resume)
+        elif not run.resume and run.arch == run.architectures[0]:
+            self.store.reset()  # a hand-started `flwr run`, one architecture after the other
         if run.resume:
             last = self.store.last_round(run.arch)
             if last is not None:
@@ -145,7 +150,7 @@ class Federation:
         self.record_evaluation(run.num_rounds, evaluation, last["sites"] if last else [])
         spec = self.reference.spec
         self.store.save_model(
-            state,
+            self.with_pooled_batchnorm(state, good),
             name=f"{run.arch}-global",
             arch=run.arch,
             kind="global",
@@ -167,6 +172,22 @@ class Federation:
                 input=spec,
                 metrics={k: v for k, v in m.items() if not k.startswith("global-")},
             )
+
+    def with_pooled_batchnorm(
+        self, state: dict[str, torch.Tensor], replies: list[Message]
+    ) -> dict[str, torch.Tensor]:
+        """The global weights with the BatchNorm statistics the sites re-estimated for them,
+        pooled exactly (weighted by training images); FedAvg's averaged statistics when the
+        run restarts statistics instead."""
+        if self.run.batchnorm != "recalibrate":
+            return state
+        reference = statistics(self.reference)
+        stats = [
+            from_record(arrays_in(r.content, "received-bn"), reference, "BatchNorm statistics")
+            for r in replies
+        ]
+        weights = [metrics_in(r.content)["num-examples"] for r in replies]
+        return {**state, **pool(stats, weights)}
 
 
 def run_federation(grid: Grid, run: RunSettings) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
+from shared.attackconfig import AttackConfig
 from shared.errors import ConfigError
 from shared.io import atomic_write
 from shared.typedyaml import build, plain, set_dotted
@@ -127,6 +128,11 @@ class TrainingConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     finetune_lr: float | None = None  # None: the optimizer's lr
     threads: int = 0  # torch threads per site; 0 keeps torch's default
+    # recalibrate: a site re-estimates a received model's BatchNorm statistics on its own
+    # data, and the server pools them into the stored global (shared.batchnorm);
+    # restart: statistics restart as a cumulative average at every local training
+    # (the behaviour before recalibration, kept for comparison).
+    batchnorm: Literal["recalibrate", "restart"] = "recalibrate"
     pretrained: dict[str, Path] = field(default_factory=dict)  # arch -> local weights file
 
     def __post_init__(self) -> None:
@@ -144,6 +150,9 @@ class FederationConfig:
     rounds: int = 3
     min_sites: int = 4
     round_timeout_s: float = 3600.0
+    # The architectures' Flower runs run at once on one SuperLink: Flower's fixed cost per
+    # message (a ClientApp process start, weight transfers, polling) then overlaps.
+    concurrent_runs: bool = True
 
     def __post_init__(self) -> None:
         if not self.architectures:
@@ -154,22 +163,6 @@ class FederationConfig:
             raise ValueError("rounds: must be >= 1")
         if not 1 <= self.min_sites <= len(SITES):
             raise ValueError(f"min_sites: must be in 1..{len(SITES)}")
-
-
-@dataclass(frozen=True)
-class AttackConfig:
-    """The transfer attack."""
-
-    name: str = "fgsm"
-    eps: float = 0.02
-    batch_size: int = 32
-    max_images_per_dataset: int | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.eps <= 1.0:
-            raise ValueError(f"eps: must be in (0, 1] (pixel space [0,1]), got {self.eps}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size: must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,14 @@ class RunSettings:
     threads: int
     workers: int
     skip_unreadable: bool
+    batchnorm: str  # recalibrate | restart (training.batchnorm)
+    study: str  # one id per submission: the first of its runs to start resets the store
+    split: str  # the split's fingerprint, "manifest=sha256,...", or "" when unknown
+
+    @property
+    def split_digests(self) -> dict[str, str]:
+        """The split's fingerprint as manifest name -> digest (empty when unknown)."""
+        return dict(p.split("=", 1) for p in self.split.split(",") if "=" in p)
 
     def to_run_config(self) -> dict[str, Scalar]:
         return {
@@ -66,6 +74,9 @@ class RunSettings:
             "threads": self.threads,
             "workers": self.workers,
             "skip-unreadable": self.skip_unreadable,
+            "batchnorm": self.batchnorm,
+            "study": self.study,
+            "split": self.split,
         }
 
     @classmethod
@@ -88,6 +99,10 @@ class RunSettings:
         opt = get("optimizer", str)
         if opt not in ("sgd", "adamw"):
             raise ConfigError(f"run config: 'optimizer' must be sgd or adamw, got {opt!r}")
+        if get("batchnorm", str) not in ("recalibrate", "restart"):
+            raise ConfigError(
+                f"run config: 'batchnorm' must be recalibrate or restart, got {rc['batchnorm']!r}"
+            )
         return cls(
             arch=get("arch", str),
             architectures=tuple(a for a in get("architectures", str).split(",") if a),
@@ -111,10 +126,20 @@ class RunSettings:
             threads=get("threads", int),
             workers=get("workers", int),
             skip_unreadable=get("skip-unreadable", bool),
+            batchnorm=get("batchnorm", str),
+            study=get("study", str),
+            split=get("split", str),
         )
 
 
-def run_settings_for(cfg: ExperimentConfig, arch: str, store: Path, resume: bool) -> RunSettings:
+def run_settings_for(
+    cfg: ExperimentConfig,
+    arch: str,
+    store: Path,
+    resume: bool,
+    study: str = "",
+    split: dict[str, str] | None = None,
+) -> RunSettings:
     """The run settings of `arch` from the experiment config."""
     if arch not in cfg.federation.architectures:
         raise ConfigError(f"architecture {arch!r} is not in federation.architectures")
@@ -141,6 +166,9 @@ def run_settings_for(cfg: ExperimentConfig, arch: str, store: Path, resume: bool
         threads=t.threads,
         workers=cfg.data.workers,
         skip_unreadable=cfg.data.skip_unreadable,
+        batchnorm=t.batchnorm,
+        study=study,
+        split=",".join(f"{k}={v}" for k, v in sorted((split or {}).items())),
     )
 
 

@@ -62,6 +62,35 @@ class CheckpointStore:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def begin(self, study: str, resume: bool) -> None:
+        """Called by each run's ServerApp before it writes anything: the first run of a new
+        study (a fresh submission, not a resume) clears an earlier study's manifest and
+        event log; the study's other runs, concurrent or later, find its id and keep them."""
+        with self._locked():
+            m = self.read_manifest()
+            if not resume and m.get("study") != study:
+                self.manifest_path.unlink(missing_ok=True)
+                self.events_path.unlink(missing_ok=True)
+                m = self.read_manifest()
+            if m.get("study") != study:
+                m["study"] = study
+                self._write_manifest(m)
+
+    def record_split(self, digests: dict[str, str], resume: bool) -> None:
+        """The fingerprint of the split the federation trains on (manifest -> digest); a
+        resumed study must continue on the split it started with."""
+        with self._locked():
+            m = self.read_manifest()
+            old = m.get("split")
+            if resume and old and old != dict(sorted(digests.items())):
+                changed = sorted(k for k in set(old) | set(digests) if old.get(k) != digests.get(k))
+                raise CheckpointError(
+                    f"{self.manifest_path}: the study was trained on another split ({', '.join(changed)} "
+                    "differ); resume with the splits it started with, or start afresh without --resume"
+                )
+            m["split"] = dict(sorted(digests.items()))
+            self._write_manifest(m)
+
     def reset(self) -> None:
         """Forget an earlier study: its manifest (complete or not) and its metrics log."""
         with self._locked():

@@ -17,6 +17,7 @@ import pytest
 
 from shared.config import load_config
 from tests.flower_helpers import tiny_data, tiny_federation_config
+from tests.recompute import recompute
 
 pytestmark = pytest.mark.e2e
 
@@ -209,3 +210,21 @@ def test_watch_waits_for_a_complete_store(fed, tmp_path: Path) -> None:
         proc.kill()
     assert proc.returncode == 0
     assert (tmp_path / "o" / "results.json").exists()
+
+
+def test_an_independent_recomputation_reproduces_every_count(fed, first_run) -> None:
+    """Plain torch/timm/safetensors/Pillow/pydicom from the stored models and the raw image
+    files (tests/recompute.py), at the recorded batch size and precision."""
+    cfg, store = fed
+    results = json.loads((first_run[0] / "results.json").read_text())
+    assert results["provenance"]["dtype"] == "float32"
+    counts = recompute(load_config(cfg).splits_dir, Path(store), results)
+    ours = {
+        (c["source"], c["target"]): (
+            c["n_correct_before"],
+            c["n_misclassified_after"],
+            c["n_control_misclassified"],
+        )
+        for c in results["cells"]
+    }
+    assert ours == counts

@@ -1,5 +1,5 @@
-"""The attack's maths: FGSM against torchattacks, and the transferability arithmetic on a
-hand-built case whose predictions are known."""
+"""The measurement's arithmetic on hand-built cases whose predictions are known, the fused
+clean pass, the probe stream, and the settings' validation."""
 
 from __future__ import annotations
 
@@ -8,34 +8,30 @@ import torch
 from torch import nn
 
 from attack.attacks import FGSM, build_attack
-from attack.report import matrix_csv
-from attack.transfer import AttackSet, LoadedModel, measure
-from shared.checkpoint import ModelEntry
+from attack.measure import (
+    FUSE_MIN_CORRECT,
+    AttackSet,
+    Probe,
+    Settings,
+    Target,
+    clean_and_craft,
+    craft,
+    fit_mask,
+    predict_pneumonia,
+    random_sign,
+    stream,
+)
+from attack.report import csv_safe, matrix_csv, md_safe
+from attack.surrogate import Surrogate
+from attack.threats import insider_sources, member_sources
+from attack.transfer import measure
+from attack.universal import Universal
 from shared.config import load_config
 from shared.errors import AttackError, ConfigError
-from shared.models import InputSpec, build_model
+from shared.models import build_model
 from tests.conftest import REPO
 
-
-def test_fgsm_matches_torchattacks_bit_for_bit() -> None:
-    torchattacks = pytest.importorskip("torchattacks")
-    torch.manual_seed(0)
-    model = build_model("resnet18", image_size=48, channels=1).eval()
-    x = torch.rand(6, 1, 48, 48)
-    y = torch.tensor([1, 0, 1, 1, 0, 1])
-    ours = FGSM(eps=0.02)(model, x, y)
-    ref = torchattacks.FGSM(model, eps=0.02)(x, y)
-    assert torch.equal(ours, ref)
-    assert float((ours - x).abs().max()) <= 0.02 + 1e-7
-    assert float(ours.min()) >= 0.0 and float(ours.max()) <= 1.0
-
-
-def test_fgsm_does_not_touch_model_state() -> None:
-    model = build_model("resnet18", image_size=48, channels=1).eval()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    FGSM(eps=0.05)(model, torch.rand(2, 1, 48, 48), torch.tensor([1, 1]))
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not model.training
+CPU = Settings(batch=3, device=torch.device("cpu"), dtype=torch.float32, seed=0, fit_fraction=0.5)
 
 
 @pytest.mark.parametrize("eps", [0.0, -0.1, 1.5])
@@ -44,13 +40,29 @@ def test_eps_outside_range_is_a_config_error(eps: float) -> None:
         load_config(REPO / "configs" / "demo.yaml", {"attack.eps": eps})
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("attack.iterative.steps", 0, "steps"),
+        ("attack.iterative.step_fraction", 1.5, "larger than eps"),
+        ("attack.universal.fit_fraction", 0.0, "fit_fraction"),
+        ("attack.suite.sweep_eps", [0.01, 2.0], "sweep_eps"),
+        ("attack.suite.threats", ["member", "spy"], "unknown threat model 'spy'"),
+    ],
+)
+def test_bad_attack_settings_are_config_errors_naming_the_key(key: str, value: object, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(REPO / "configs" / "demo.yaml", {key: value})
+
+
 def test_unknown_attack_names_the_registered_ones() -> None:
-    with pytest.raises(AttackError, match=r"unknown attack 'pgd-9000'.*fgsm"):
-        build_attack("pgd-9000", 0.02)
+    cfg = load_config(REPO / "configs" / "demo.yaml").attack
+    with pytest.raises(AttackError, match=r"unknown attack 'pgd-9000'; registered: .*fgsm.*uap"):
+        build_attack("pgd-9000", 0.02, cfg)
 
 
 class MeanThreshold(nn.Module):
-    """Predicts pneumonia iff the image mean exceeds `t`; FGSM on it lowers every pixel."""
+    """Predicts pneumonia iff the image mean exceeds `t`; every attack on it lowers pixels."""
 
     def __init__(self, t: float) -> None:
         super().__init__()
@@ -62,29 +74,27 @@ class MeanThreshold(nn.Module):
         return torch.stack([torch.zeros_like(z), z], dim=1)
 
 
-def _entry(name: str) -> ModelEntry:
-    return ModelEntry(
-        name, "toy", "local", "A", 1, f"{name}.safetensors", "0" * 64, InputSpec(4, 1, (0.0,), (1.0,)), {}
-    )
+def _case(means: list[float], thresholds: dict[str, float]) -> tuple[list[Target], AttackSet]:
+    images = torch.stack([torch.full((1, 4, 4), m) for m in means])
+    data = AttackSet(images, tuple(f"test_x/img{i}" for i in range(len(means))))
+    targets = [Target(n, "toy", "local", "A", MeanThreshold(t)) for n, t in thresholds.items()]
+    return targets, data
 
 
 def test_transferability_arithmetic_on_a_known_case() -> None:
     # Four images with means 0.30, 0.50, 0.56, 0.80; FGSM (eps 0.1) lowers each by 0.1.
-    means = [0.30, 0.50, 0.56, 0.80]
-    images = torch.stack([torch.full((1, 4, 4), m) for m in means])
-    data = AttackSet(images, tuple(f"img{i}" for i in range(4)))
-    models = [
-        LoadedModel(_entry("low"), MeanThreshold(0.45)),  # right on 0.50, 0.56, 0.80
-        LoadedModel(_entry("high"), MeanThreshold(0.55)),  # right on 0.56, 0.80
-        LoadedModel(_entry("none"), MeanThreshold(0.95)),
-    ]  # right on nothing
-    m = measure(models, FGSM(eps=0.1), data, batch=3, device=torch.device("cpu"), progress=False)
+    targets, data = _case([0.30, 0.50, 0.56, 0.80], {"low": 0.45, "high": 0.55, "none": 0.95})
+    m = measure(member_sources(targets), FGSM(eps=0.1), Probe(targets, data, CPU), CPU, progress=False)
     cells = {(c.source, c.target): c for c in m.cells}
-    assert m.attacked == {"low": ["img1", "img2", "img3"], "high": ["img2", "img3"], "none": []}
+    assert m.attacked == {
+        "low": ["test_x/img1", "test_x/img2", "test_x/img3"],
+        "high": ["test_x/img2", "test_x/img3"],
+        "none": [],
+    }
     # low's set {0.50, 0.56, 0.80} -> {0.40, 0.46, 0.70}
     # white box: 0.40 falls below 0.45; 0.46 and 0.70 stay above
     assert (cells["low", "low"].n_correct_before, cells["low", "low"].n_misclassified_after) == (3, 1)
-    assert cells["low", "low"].transferability == pytest.approx(1 / 3)
+    assert cells["low", "low"].white_box and not cells["low", "high"].white_box
     assert (cells["low", "high"].n_correct_before, cells["low", "high"].n_misclassified_after) == (2, 1)
     assert cells["low", "high"].transferability == pytest.approx(1 / 2)
     # high's set {0.56, 0.80} -> {0.46, 0.70}: low still right on both, high loses 0.56
@@ -93,15 +103,56 @@ def test_transferability_arithmetic_on_a_known_case() -> None:
     # a target right on nothing, and a source with nothing to attack: empty, not 0/0
     assert cells["low", "none"].n_correct_before == 0 and cells["low", "none"].transferability is None
     assert cells["none", "low"].transferability is None
-    csv_rows = matrix_csv(m).splitlines()
-    assert csv_rows[1] == "low,0.3333,0.5000,"
+    # the control: +-0.1 random signs on a 4x4 image move its mean by at most 0.1, and
+    # (seeded per image) the same for every source
+    for c in m.cells:
+        assert c.n_control_misclassified is not None and 0 <= c.n_control_misclassified <= c.n_correct_before
+    assert matrix_csv(m).splitlines()[1] == "low,0.3333,0.5000,"
+
+
+def test_control_is_seeded_per_image_and_within_the_budget() -> None:
+    x = torch.full((1, 8, 8), 0.5)
+    a, b = random_sign(x, 0.02, "test_nih/1.png", 7), random_sign(x, 0.02, "test_nih/1.png", 7)
+    assert torch.equal(a, b) and not torch.equal(a, random_sign(x, 0.02, "test_nih/2.png", 7))
+    assert torch.allclose((a - x).abs(), torch.full_like(x, 0.02))
+
+
+def test_ensemble_source_and_white_box_cells() -> None:
+    targets, data = _case([0.50, 0.56, 0.80], {"g": 0.45, "a": 0.47, "b": 0.55})
+    targets = [
+        Target(
+            t.name,
+            t.arch,
+            "global" if t.name == "g" else "local",
+            None if t.name == "g" else ("A" if t.name == "a" else "B"),
+            t.model,
+        )
+        for t in targets
+    ]
+    sources = insider_sources(targets, "logits")
+    assert [s.name for s in sources] == ["insider-A", "insider-B"]
+    assert sources[0].members == ("a", "g")
+    m = measure(sources, FGSM(eps=0.1), Probe(targets, data, CPU), CPU, progress=False)
+    cells = {(c.source, c.target): c for c in m.cells}
+    assert cells["insider-A", "g"].white_box and cells["insider-A", "a"].white_box
+    assert not cells["insider-A", "b"].white_box
+    # the ensemble (mean logits of thresholds 0.47 and 0.45, i.e. 0.46) is right on all three
+    assert len(m.attacked["insider-A"]) == 3
+
+
+def test_universal_attack_is_counted_on_held_out_images_only() -> None:
+    targets, data = _case([0.50 + 0.01 * i for i in range(12)], {"t": 0.45})
+    uap = Universal("uap", 0.1, targeted=False, epochs=2, batch_size=4, step_size=0.05)
+    m = measure(member_sources(targets), uap, Probe(targets, data, CPU), CPU, progress=False)
+    fit = set(m.fit["t"])
+    assert fit and not fit & set(m.attacked["t"])  # disjoint
+    assert len(fit) + len(m.attacked["t"]) == 12
+    assert set(fit) == {data.ids[i] for i in torch.nonzero(fit_mask(data.ids, 0.5, 0)).flatten().tolist()}
 
 
 def test_probe_stream_fills_batches_across_sets() -> None:
-    from attack.transfer import _stream
-
     sizes = {"a": 5, "b": 0, "c": 7, "d": 3}
-    pieces = list(_stream(sizes, 4))
+    pieces = list(stream(sizes, 4))
     assert [sum(s.stop - s.start for _, s in p) for p in pieces] == [4, 4, 4, 3]
     covered: dict[str, list[int]] = {k: [] for k in sizes}
     for piece in pieces:
@@ -112,21 +163,30 @@ def test_probe_stream_fills_batches_across_sets() -> None:
 
 def test_fused_clean_pass_gives_the_separate_passes_results() -> None:
     """CPU crafting fuses the clean prediction with the attack's forward pass; whatever share
-    of a batch is right, it must give the same predictions and steps as a clean pass
+    of a batch is right, it must give the same predictions and codes as a clean pass
     followed by FGSM on the correctly classified images alone."""
-    from attack.transfer import FUSE_MIN_CORRECT, clean_and_craft, craft, predict_labels
-
     torch.manual_seed(1)
     model = build_model("resnet18", image_size=48, channels=1).eval()
     x = torch.rand(20, 1, 48, 48)
     with torch.no_grad():  # about half of the images predicted pneumonia
         score = model(x)[:, 1] - model(x)[:, 0]
         model.net.get_classifier().bias[1] -= float(score.median())
-    cpu = torch.device("cpu")
     for batch in (4, 7, 20):  # batches on both sides of FUSE_MIN_CORRECT
-        correct, steps = clean_and_craft(model, FGSM(0.02), x, batch, cpu)
-        ref_correct = predict_labels(model, x, batch, cpu)
+        s = Settings(batch, torch.device("cpu"), torch.float32, 0, 0.5)
+        correct, codes = clean_and_craft(model, FGSM(0.02), x, s, torch.Generator())
+        ref_correct = predict_pneumonia(model, x, s)
         assert torch.equal(correct, ref_correct)
-        ref = craft(model, FGSM(0.02), x[ref_correct], len(x), cpu)
-        assert torch.equal(steps, ref), batch
+        ref = craft(
+            Surrogate([model]),
+            FGSM(0.02),
+            x[ref_correct],
+            Settings(len(x), *list(s.__dict__.values())[1:]),
+            torch.Generator(),
+        )
+        assert torch.equal(codes, ref), batch
     assert 0 < float(ref_correct.float().mean()) < 1 and FUSE_MIN_CORRECT > 0.5
+
+
+def test_names_are_escaped_for_spreadsheets_and_markdown() -> None:
+    assert csv_safe('=HYPERLINK("x")').startswith("'") and csv_safe("resnet50-global") == "resnet50-global"
+    assert md_safe("a|b") == "a\\|b" and "<" not in md_safe("<script>").replace("\\<", "")

@@ -1,0 +1,123 @@
+"""The outsider's surrogates: one model per architecture trained from scratch on the public
+split (patient-disjoint from every site and from the test sets), with no federation
+weights. Trained once and kept under the output folder with their hashes; a later run with
+the same settings and the same public split reuses them after verifying every file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader
+
+from shared.checkpoint import decode_state, encode_state, sha256_bytes
+from shared.config import ExperimentConfig, OptimizerConfig
+from shared.data.cache import load_cached
+from shared.data.fingerprint import manifest_digest
+from shared.data.splits import load_manifest
+from shared.data.torchdata import CachedDataset
+from shared.errors import AttackError, CheckpointError
+from shared.io import atomic_write
+from shared.models import build_model, model_from_state
+from shared.training import evaluate, make_optimizer, pick_device, prepare, train_epochs
+
+log = logging.getLogger(__name__)
+INDEX = "outsiders.json"
+
+
+def _public(cfg: ExperimentConfig, part: str) -> tuple[ConcatDataset, list[str]]:
+    sets, digests = [], []
+    for name in cfg.data.datasets:
+        path = cfg.splits_dir / f"public_{name}.json"  # TODO: shared.data.splits.public_manifest_path
+        if not path.is_file():
+            raise AttackError(
+                f"{path}: no public split for the outsider threat; set data.split.public_fraction "
+                "(e.g. 0.15) and re-split, or leave 'outsider' out of attack.suite.threats"
+            )
+        manifest = load_manifest(path)
+        cached = load_cached(
+            manifest, part, cfg.data.image_size, cfg.cache_dir, cfg.data.workers, cfg.data.skip_unreadable
+        )
+        sets.append(CachedDataset(cached, cfg.data.channels))
+        digests.append(manifest_digest(manifest))
+    return ConcatDataset(sets), digests
+
+
+def _key(cfg: ExperimentConfig, arch: str, digests: list[str]) -> str:
+    o = cfg.attack.outsider
+    return sha256_bytes(
+        json.dumps(
+            [arch, cfg.data.image_size, cfg.data.channels, o.epochs, o.lr, o.batch_size, cfg.seed, digests]
+        ).encode()
+    )
+
+
+def train_outsiders(cfg: ExperimentConfig, out: Path, archs: tuple[str, ...]) -> dict[str, nn.Module]:
+    """One surrogate per architecture, trained (or reused) on the public split only."""
+    train, digests = _public(cfg, "train")
+    val, _ = _public(cfg, "val")
+    index_path = out / INDEX
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    models: dict[str, nn.Module] = {}
+    device = pick_device()
+    for arch in archs:
+        key = _key(cfg, arch, digests)
+        entry = index.get(arch)
+        if entry and entry.get("key") == key and (out / entry["file"]).is_file():
+            try:
+                state = decode_state(
+                    (out / entry["file"]).read_bytes(), entry["sha256"], str(out / entry["file"])
+                )
+                models[arch] = model_from_state(
+                    arch, build_model(arch, cfg.data.image_size, cfg.data.channels).spec, state
+                )
+                log.info("outsider %s: reusing %s (val AUC %.3f)", arch, entry["file"], entry["val-auc"])
+                continue
+            except CheckpointError as e:
+                log.warning("outsider %s: retraining (%s)", arch, e)
+        models[arch], auc = _train(cfg, arch, train, val, device)
+        data = encode_state(models[arch].state_dict(), {"arch": arch, "kind": "outsider"})
+        atomic_write(out / f"outsider-{arch}.safetensors", data, durable=True)
+        index[arch] = {
+            "key": key,
+            "file": f"outsider-{arch}.safetensors",
+            "sha256": sha256_bytes(data),
+            "val-auc": auc,
+        }
+        atomic_write(index_path, json.dumps(index, indent=1))
+    return models
+
+
+def _train(
+    cfg: ExperimentConfig, arch: str, train: ConcatDataset, val: ConcatDataset, device: torch.device
+) -> tuple[nn.Module, float]:
+    o = cfg.attack.outsider
+    torch.manual_seed(cfg.seed + 991)
+    model = prepare(build_model(arch, cfg.data.image_size, cfg.data.channels), device)
+    g = torch.Generator().manual_seed(cfg.seed + 17)
+    loader = DataLoader(
+        train, batch_size=o.batch_size, shuffle=True, drop_last=len(train) > o.batch_size, generator=g
+    )
+    opt = make_optimizer(
+        model,
+        OptimizerConfig(
+            cfg.training.optimizer.name,
+            o.lr,
+            cfg.training.optimizer.weight_decay,
+            cfg.training.optimizer.momentum,
+        ),
+    )
+    print(
+        f"[outsider] training {arch} on the public split ({len(train)} images, {o.epochs} epochs)", flush=True
+    )
+    loss = train_epochs(model, loader, opt, o.epochs, device)
+    result = evaluate(model, DataLoader(val, batch_size=2 * o.batch_size), device)
+    print(
+        f"[outsider] {arch}: train loss {loss:.3f}, public val AUC {result.auc:.3f} (n={result.n})",
+        flush=True,
+    )
+    return model.cpu().eval(), float(result.auc)

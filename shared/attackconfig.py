@@ -1,0 +1,122 @@
+"""The attack side of the experiment config: the study's attack (FGSM under the member
+threat) and the attack suite (iterative, universal and ensemble attacks, three threat
+models, eps sweeps). Part of the one experiment YAML (`attack:`), parsed with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class IterativeConfig:
+    """The iterative attacks (BIM, PGD, MI-FGSM, DI-FGSM, MI-DI)."""
+
+    steps: int = 10
+    step_fraction: float = 0.25  # step size as a fraction of eps
+    decay: float = 1.0  # momentum factor of MI-FGSM and MI-DI
+    diversity_prob: float = 0.5  # probability of the resize-and-pad transform (DI)
+    resize_rate: float = 0.9  # DI resizes to [rate * size, size) and pads back
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps: must be at least 1, got {self.steps}")
+        if not 0.0 < self.step_fraction <= 1.0:
+            raise ValueError(
+                f"step_fraction: {self.step_fraction} makes the step size larger than eps "
+                "(or not positive); use a value in (0, 1]"
+            )
+        if self.decay < 0:
+            raise ValueError(f"decay: must be >= 0, got {self.decay}")
+        if not 0.0 <= self.diversity_prob <= 1.0:
+            raise ValueError(f"diversity_prob: must be in [0, 1], got {self.diversity_prob}")
+        if not 0.5 <= self.resize_rate < 1.0:
+            raise ValueError(f"resize_rate: must be in [0.5, 1), got {self.resize_rate}")
+
+
+@dataclass(frozen=True)
+class UniversalConfig:
+    """The universal perturbations (SGD-UAP): fit on part of the images, measured on the rest."""
+
+    fit_fraction: float = 0.5
+    epochs: int = 10
+    batch_size: int = 32
+    step_fraction: float = 0.1  # step size as a fraction of eps
+    optimizer: Literal["sign", "adam"] = "sign"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fit_fraction < 1.0:
+            raise ValueError(f"fit_fraction: must be in (0, 1), got {self.fit_fraction}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size: must be at least 1")
+        if not 0.0 < self.step_fraction <= 1.0:
+            raise ValueError(
+                f"step_fraction: {self.step_fraction} makes the step size larger than eps "
+                "(or not positive); use a value in (0, 1]"
+            )
+
+
+@dataclass(frozen=True)
+class OutsiderConfig:
+    """The outsider's own surrogates, trained on the public split (no federation weights)."""
+
+    epochs: int = 6
+    lr: float = 1e-3
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2")
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """`fedattack attack --suite`: every attack under every threat model, and eps sweeps."""
+
+    attacks: tuple[str, ...] = ("fgsm", "bim", "pgd", "mifgsm", "difgsm", "midi", "uap", "uap-targeted")
+    threats: tuple[str, ...] = ("member", "insider", "outsider")
+    sweep_eps: tuple[float, ...] = (0.01, 0.02, 0.04)
+    sweep_attacks: tuple[str, ...] = ("fgsm", "midi")
+    ensemble: Literal["logits", "loss"] = "logits"  # mean of the surrogates' logits or losses
+
+    def __post_init__(self) -> None:
+        for e in self.sweep_eps:
+            _check_eps(e, "sweep_eps")
+        unknown = sorted(set(self.threats) - set(THREATS))
+        if unknown:
+            raise ValueError(f"threats: unknown threat model {unknown[0]!r}; known: {list(THREATS)}")
+
+
+THREATS = ("member", "insider", "outsider")
+
+
+def _check_eps(eps: float, key: str) -> None:
+    if not 0.0 < eps <= 1.0:
+        raise ValueError(f"{key}: must be in (0, 1] (pixel space [0, 1]), got {eps}")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The study's attack (FGSM under the member threat) and the attack suite."""
+
+    name: str = "fgsm"
+    eps: float = 0.02
+    batch_size: int = 32
+    max_images_per_dataset: int | None = None
+    # Clean predictions and probes decide the counts: float32 by default on every device;
+    # bfloat16 (CUDA only) is an explicit option that results.json records.
+    precision: Literal["float32", "bfloat16"] = "float32"
+    control: bool = True  # random-sign noise at the same eps, beside every cell
+    iterative: IterativeConfig = field(default_factory=IterativeConfig)
+    universal: UniversalConfig = field(default_factory=UniversalConfig)
+    outsider: OutsiderConfig = field(default_factory=OutsiderConfig)
+    suite: SuiteConfig = field(default_factory=SuiteConfig)
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps, "eps")
+        if self.batch_size < 1:
+            raise ValueError("batch_size: must be >= 1")
+        if self.max_images_per_dataset is not None and self.max_images_per_dataset < 1:
+            raise ValueError("max_images_per_dataset: must be >= 1 (or null for every image)")
