@@ -25,7 +25,13 @@ def load_test_sets(cfg: ExperimentConfig) -> tuple[TestSet, dict[str, str]]:
         manifest = load_manifest(path)
         digests[manifest.name] = manifest_digest(manifest)
         part = load_cached(
-            manifest, "test", cfg.data.image_size, cfg.cache_dir, cfg.data.workers, cfg.data.skip_unreadable
+            manifest,
+            "test",
+            cfg.data.image_size,
+            cfg.cache_dir,
+            cfg.data.workers,
+            cfg.data.skip_unreadable,
+            cfg.data.max_pixels,
         )
         images.append(np.asarray(part.images))
         labels.append(part.labels)

@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
@@ -18,12 +19,20 @@ from shared.checkpoint import decode_state, encode_state, sha256_bytes
 from shared.config import ExperimentConfig, OptimizerConfig
 from shared.data.cache import load_cached
 from shared.data.fingerprint import manifest_digest
+from shared.data.manifest import public_manifest_path
 from shared.data.splits import load_manifest
 from shared.data.torchdata import CachedDataset
 from shared.errors import AttackError, CheckpointError
 from shared.io import atomic_write
 from shared.models import build_model, model_from_state
-from shared.training import evaluate, make_optimizer, pick_device, prepare, train_epochs
+from shared.training import (
+    balanced_weights,
+    evaluate,
+    make_optimizer,
+    pick_device,
+    prepare,
+    train_epochs,
+)
 
 log = logging.getLogger(__name__)
 INDEX = "outsiders.json"
@@ -32,7 +41,7 @@ INDEX = "outsiders.json"
 def _public(cfg: ExperimentConfig, part: str) -> tuple[ConcatDataset, list[str]]:
     sets, digests = [], []
     for name in cfg.data.datasets:
-        path = cfg.splits_dir / f"public_{name}.json"  # TODO: shared.data.splits.public_manifest_path
+        path = public_manifest_path(cfg.splits_dir, name)
         if not path.is_file():
             raise AttackError(
                 f"{path}: no public split for the outsider threat; set data.split.public_fraction "
@@ -51,7 +60,17 @@ def _key(cfg: ExperimentConfig, arch: str, digests: list[str]) -> str:
     o = cfg.attack.outsider
     return sha256_bytes(
         json.dumps(
-            [arch, cfg.data.image_size, cfg.data.channels, o.epochs, o.lr, o.batch_size, cfg.seed, digests]
+            [
+                arch,
+                cfg.data.image_size,
+                cfg.data.channels,
+                o.epochs,
+                o.lr,
+                o.batch_size,
+                cfg.training.class_balance,
+                cfg.seed,
+                digests,
+            ]
         ).encode()
     )
 
@@ -114,7 +133,11 @@ def _train(
     print(
         f"[outsider] training {arch} on the public split ({len(train)} images, {o.epochs} epochs)", flush=True
     )
-    loss = train_epochs(model, loader, opt, o.epochs, device)
+    weights = None
+    if cfg.training.class_balance:  # the sites' loss weighting, on the public labels
+        labels = np.concatenate([d.part.labels for d in train.datasets if isinstance(d, CachedDataset)])
+        weights = balanced_weights(labels)
+    loss = train_epochs(model, loader, opt, o.epochs, device, weights)
     result = evaluate(model, DataLoader(val, batch_size=2 * o.batch_size), device)
     print(
         f"[outsider] {arch}: train loss {loss:.3f}, public val AUC {result.auc:.3f} (n={result.n})",

@@ -54,6 +54,7 @@ def measurement_json(m: Measurement, info: dict[str, Info], seed: int) -> dict[s
                 "arch": info[s].arch,
                 "kind": info[s].kind,
                 "n_attacked": len(m.attacked[s]),
+                "code_sha256": m.code_digest.get(s),
                 "empty": len(m.attacked[s]) == 0,
                 "attacked": m.attacked[s],
                 **({"fit": m.fit[s]} if s in m.fit else {}),

@@ -15,7 +15,7 @@ from attack.attacks import build_attack, check_attack_names
 from attack.clean import clean_performance
 from attack.data import attack_set, check_split, load_test_sets
 from attack.fetch import StoreSnapshot, fetch_state, read_manifest, tls_context, wait_for_complete
-from attack.measure import Probe, Settings, Target
+from attack.measure import AttackSet, Probe, Settings, Target, fit_mask
 from attack.provenance import provenance
 from attack.report import write_outputs
 from attack.results import study_json
@@ -75,8 +75,21 @@ def settings_for(cfg: ExperimentConfig) -> Settings:
     )
 
 
-def snapshot(store: str, watch: bool, root_certificates: Path | None) -> StoreSnapshot:
-    context = tls_context(root_certificates)
+def check_fit_split(suite: SuiteRequest, cfg: ExperimentConfig, data: AttackSet) -> None:
+    """Universal attacks need images to fit on: refuse before any model is loaded."""
+    universal = [a for a in suite.attacks if build_attack(a, cfg.attack.eps, cfg.attack).universal]
+    if universal and not bool(fit_mask(data.ids, cfg.attack.universal.fit_fraction, cfg.seed).any()):
+        raise AttackError(
+            f"{', '.join(universal)}: attack.universal.fit_fraction {cfg.attack.universal.fit_fraction} "
+            f"of {len(data)} attack images leaves no image to fit the perturbation on; raise it or use "
+            "more images"
+        )
+
+
+def snapshot(
+    store: str, watch: bool, root_certificates: Path | None, client: tuple[Path, Path] | None = None
+) -> StoreSnapshot:
+    context = tls_context(root_certificates, *(client or (None, None)))
     if watch:
         return wait_for_complete(store, context=context)
     snap = read_manifest(store, context)
@@ -97,9 +110,11 @@ def run_attack(
     progress: bool = True,
     root_certificates: Path | None = None,
     suite: SuiteRequest | None = None,
+    client_certificate: tuple[Path, Path] | None = None,
 ) -> Path:
     """The whole job; returns the report path. `root_certificates`: the CA that an
-    https:// store's certificate must chain to (default: the system's CAs)."""
+    https:// store's certificate must chain to (default: the system's CAs);
+    `client_certificate`: (certificate, key) the attack host presents to such a store."""
     check_attack_names([cfg.attack.name])
     if suite is not None:
         check_attack_names(suite.attacks + suite.sweep_attacks)
@@ -107,7 +122,9 @@ def run_attack(
     s = settings_for(cfg)
     test, digests = load_test_sets(cfg)
     data = attack_set(test, cfg.attack.max_images_per_dataset)
-    snap = snapshot(store, watch, root_certificates)
+    if suite is not None:
+        check_fit_split(suite, cfg, attack_set(test, cfg.attack.suite.max_images_per_dataset))
+    snap = snapshot(store, watch, root_certificates, client_certificate)
     split = check_split(snap.manifest.get("split"), digests, store)
     loaded = load_models(snap, cfg, out / ".checkpoints", skip_bad)
     torch.manual_seed(cfg.seed)
@@ -139,5 +156,8 @@ def run_attack(
     write_outputs(out, m, info, clean, results, meta, cfg.seed)
     cfg.dump(out / "config.yaml")
     if suite is not None:
+        subset = cfg.attack.suite.max_images_per_dataset
+        if subset is not None and subset != cfg.attack.max_images_per_dataset:
+            probe = Probe(loaded.targets, attack_set(test, subset), s)
         run_suite(cfg, suite, probe, loaded.targets, info, s, out / "suite", meta["provenance"], progress)
     return out / "report.md"

@@ -14,14 +14,13 @@ import torch
 from tqdm import tqdm
 
 from attack.attacks import Attack
+from attack.crafting import clean_and_craft, craft, digest
 from attack.measure import (
     Cell,
     Measurement,
     Probe,
     Settings,
     Source,
-    clean_and_craft,
-    craft,
     fit_mask,
     is_member,
     on_device,
@@ -78,6 +77,7 @@ def measure(
     for src in tqdm(sources, desc=label, unit="source", disable=not progress):
         attacked[src.name], codes[src.name] = _craft_source(src, attack, probe, s, fit, m)
         m.attacked[src.name] = [data.ids[i] for i in attacked[src.name].tolist()]
+        m.code_digest[src.name] = digest(codes[src.name])
         if codes[src.name] is None:
             log.warning("%s on %s: no correctly classified image to attack: empty row", attack.name, src.name)
     for name in tqdm(targets, desc="probing targets", unit="model", disable=not progress):

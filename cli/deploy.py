@@ -25,6 +25,7 @@ def _deploy_credentials(args: argparse.Namespace) -> int:
     )
     print(f"CA certificate (give to every site and the attack host): {c.ca_cert}")
     print(f"server certificate for {', '.join(sans)}: {c.server_cert} (key {c.server_key})")
+    print(f"attack host's client certificate (only to the attack host): {c.attack_cert} (key {c.attack_key})")
     for site, key in c.site_keys.items():
         print(f"site {site}: private key {key} (only to site {site}), public key {key}.pub (register)")
     return 0
@@ -89,11 +90,12 @@ def _deploy_submit(args: argparse.Namespace) -> int:
 
 
 def _deploy_serve_store(args: argparse.Namespace) -> int:
-    from deploy.server_host import serve_store
+    from deploy.store_server import serve_store
 
     if args.insecure == bool(args.credentials):
         raise FedAttackError("pass exactly one of --credentials DIR (HTTPS) and --insecure (HTTP)")
-    serve_store(Path(args.store), args.host, args.port, None if args.insecure else Path(args.credentials))
+    credentials = None if args.insecure else Path(args.credentials)
+    serve_store(Path(args.store), args.host, args.port, credentials, args.public)
     return 0
 
 
@@ -177,10 +179,19 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--wait", type=float, default=120, help="seconds to wait for the SuperLink")
     u.set_defaults(func=_deploy_submit)
 
-    v = dsub.add_parser("serve-store", help="serve the checkpoint store to the attack host")
+    v = dsub.add_parser(
+        "serve-store",
+        help="serve the checkpoint store (the manifest and its files only) to the attack host",
+    )
     v.add_argument("--store", required=True)
     v.add_argument("--credentials", help="folder with ca.crt, server.crt, server.key (HTTPS)")
-    v.add_argument("--insecure", action="store_true", help="plain HTTP")
-    v.add_argument("--host", default="0.0.0.0")
+    v.add_argument("--insecure", action="store_true", help="plain HTTP (needs --public)")
+    v.add_argument(
+        "--public",
+        action="store_true",
+        help="serve without client certificates: to anyone who reaches the port (default: only "
+        "to clients presenting a certificate from the deployment's CA, i.e. attack.crt)",
+    )
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     v.add_argument("--port", type=int, default=8443)
     v.set_defaults(func=_deploy_serve_store)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from cli.deploy import add_deploy_commands
 from shared.errors import FedAttackError
+from shared.io import ensure_writable_dir
 from shared.logs import setup_logging
 
 log = logging.getLogger("fedattack")
@@ -18,6 +19,7 @@ log = logging.getLogger("fedattack")
 def _data_synth(args: argparse.Namespace) -> int:
     from shared.data.synth import synthesize
 
+    ensure_writable_dir(Path(args.out), "output folder (--out)")
     counts = synthesize(
         Path(args.out), args.patients, args.size, args.seed, args.positive_rate, args.nih_layout
     )
@@ -33,6 +35,7 @@ def _data_split(args: argparse.Namespace) -> int:
     from shared.data.splits import make_splits
 
     cfg = load_config(args.config)
+    ensure_writable_dir(cfg.output_dir, OUTPUT_DIR)
     for name, path in sorted(make_splits(cfg.data, cfg.seed, cfg.splits_dir).items()):
         print(f"{name}: {path}")
     return 0
@@ -40,11 +43,13 @@ def _data_split(args: argparse.Namespace) -> int:
 
 def _data_check(args: argparse.Namespace) -> int:
     from shared.config import load_config
-    from shared.data.check import check_data, format_reports
+    from shared.data.check import check_data, format_overlap, format_reports
 
     cfg = load_config(args.config)
+    ensure_writable_dir(cfg.output_dir, OUTPUT_DIR)
     reports = check_data(cfg)
     print(format_reports(reports))
+    print(format_overlap(cfg))
     bad = [r for r in reports if r.unreadable]
     for r in bad:
         print(f"{r.manifest}/{r.part}: {r.unreadable} unreadable, listed in {r.unreadable_list}")
@@ -59,6 +64,7 @@ def _federate(args: argparse.Namespace) -> int:
     from shared.config import load_config
 
     cfg = load_config(args.config, overrides(args))
+    ensure_writable_dir(cfg.output_dir, OUTPUT_DIR)
     store = federate(cfg, resume=args.resume)
     print(f"checkpoint store complete: {store / 'manifest.json'}")
     return 0
@@ -93,7 +99,13 @@ def _attack(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, extra)
     out = Path(args.out) if args.out else cfg.attack_dir
     ca = Path(args.root_certificates) if args.root_certificates else None
+    if bool(args.client_cert) != bool(args.client_key):
+        raise FedAttackError(
+            "pass both --client-cert and --client-key (attack.crt and attack.key), or neither"
+        )
+    client = (Path(args.client_cert), Path(args.client_key)) if args.client_cert else None
     suite = SuiteRequest.from_config(cfg) if (args.suite or extra) else None
+    ensure_writable_dir(out, "attack's output folder (--out)")
     report = run_attack(
         cfg,
         args.checkpoints or str(cfg.store_dir),
@@ -102,6 +114,7 @@ def _attack(args: argparse.Namespace) -> int:
         args.watch,
         root_certificates=ca,
         suite=suite,
+        client_certificate=client,
     )
     print(report.read_text())
     print(f"report: {report}")
@@ -112,12 +125,17 @@ def _attack(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from cli.demo import run_demo
+    from shared.config import load_config
 
+    ensure_writable_dir(Path(args.out) if args.out else load_config(args.config).output_dir, OUTPUT_DIR)
     report = run_demo(
         Path(args.config), Path(args.out) if args.out else None, args.patients, args.size, args.seed
     )
     print(f"\ndemo finished. report: {report}")
     return 0
+
+
+OUTPUT_DIR = "output folder (output_dir, or --out)"
 
 
 def overrides(args: argparse.Namespace) -> dict:
@@ -171,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-bad", action="store_true", help="skip models that fail verification (recorded in the results)"
     )
     a.add_argument("--root-certificates", help="CA certificate an https:// store must chain to")
+    a.add_argument(
+        "--client-cert", help="the attack host's client certificate for an https:// store (attack.crt)"
+    )
+    a.add_argument("--client-key", help="its private key (attack.key)")
     a.add_argument(
         "--watch", action="store_true", help="service mode: wait until the store is complete, then run"
     )

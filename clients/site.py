@@ -24,6 +24,7 @@ from shared.nodeconfig import NodeConfig
 from shared.packing import from_record
 from shared.runconfig import RunSettings
 from shared.training import (
+    balanced_weights,
     evaluate,
     make_optimizer,
     pick_device,
@@ -123,7 +124,8 @@ def train_site(
         seed=run.seed + server_round * 100 + site_index,
     )
     started = time.perf_counter()
-    loss = train_epochs(model, loader, make_optimizer(model, run.optimizer, lr), epochs, device)
+    weights = balanced_weights(train.labels) if run.class_balance else None
+    loss = train_epochs(model, loader, make_optimizer(model, run.optimizer, lr), epochs, device, weights)
     train_seconds = time.perf_counter() - started
     after = evaluate(model, val_loader, device)
     log.info(

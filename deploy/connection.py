@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.flower import environ, flwr_bin
+from deploy.processes import die_with_parent
 from shared.errors import DeploymentError, FederationError
 from shared.runconfig import format_run_config
 
@@ -42,6 +43,7 @@ class Connection:
                 cwd=self.home,
                 timeout=timeout,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(),  # `flwr run` must not outlive a killed launcher
             )
         except subprocess.TimeoutExpired:
             raise DeploymentError(

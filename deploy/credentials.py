@@ -1,7 +1,8 @@
 """Credentials for a networked deployment: a private CA, the server certificate, site keys.
 
 `make_credentials` writes a private CA, a server certificate whose subject alternative
-names cover every address the SuperNodes dial, and one ECDSA key pair per site in the
+names cover every address the SuperNodes dial, a client certificate for the attack host
+(it authenticates to `deploy serve-store`), and one ECDSA key pair per site in the
 OpenSSH format Flower's SuperNode authentication reads. deploy.checks verifies them at
 start-up.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,10 @@ from shared.errors import CredentialsError
 from shared.io import atomic_write
 
 CA_KEY = "ca.key"
+ATTACK_CERT, ATTACK_KEY = "attack.crt", "attack.key"  # the attack host's client certificate
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9_*]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)*"
+)
 
 
 def site_key_name(site: str) -> str:
@@ -38,6 +44,8 @@ class Credentials:
     server_cert: Path
     server_key: Path
     site_keys: dict[str, Path]  # private keys; the public key is next to each as .pub
+    attack_cert: Path | None = None  # with attack_key: the attack host's client certificate
+    attack_key: Path | None = None
 
 
 def _write_pair(
@@ -71,6 +79,35 @@ def _san_entry(name: str) -> x509.GeneralName:
         return x509.DNSName(name)
 
 
+def check_sans(sans: list[str]) -> None:
+    """Every --san must be an IP address or a DNS name (the address the SuperNodes dial)."""
+    for name in sans:
+        try:
+            ipaddress.ip_address(name)
+            continue
+        except ValueError:
+            pass
+        if len(name) > 253 or not _HOSTNAME.fullmatch(name):
+            raise CredentialsError(
+                f"--san {name!r}: not a DNS name or an IP address; give the name or address the "
+                "SuperNodes dial, e.g. --san fl.example.org --san 10.0.0.5"
+            )
+
+
+def _ca(out: Path, needed_for: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The CA's key and certificate, to sign `needed_for`."""
+    if not (out / CA_KEY).is_file():
+        raise CredentialsError(
+            f"{out / CA_KEY}: missing, but {out / CA_CERT} exists; the CA's private key is needed "
+            f"to sign {needed_for}. Put ca.key back (from where you keep it offline), or remake "
+            "everything with --force (then register the new site keys and give every site the new ca.crt)"
+        )
+    ca_key = serialization.load_pem_private_key((out / CA_KEY).read_bytes(), None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise CredentialsError(f"{out / CA_KEY}: not the EC key `fedattack deploy credentials` makes")
+    return ca_key, x509.load_pem_x509_certificate((out / CA_CERT).read_bytes())
+
+
 def make_ca(out: Path, days: int = 825) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP384R1())
     now = dt.datetime.now(dt.UTC)
@@ -97,10 +134,8 @@ def make_server_cert(out: Path, sans: list[str], days: int = 825) -> tuple[Path,
         raise CredentialsError(
             "the server certificate needs at least one --san (the address the SuperNodes and the CLI dial)"
         )
-    ca_key = serialization.load_pem_private_key((out / CA_KEY).read_bytes(), None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise CredentialsError(f"{out / CA_KEY}: not the EC key `fedattack deploy credentials` makes")
-    ca_cert = x509.load_pem_x509_certificate((out / CA_CERT).read_bytes())
+    check_sans(sans)
+    ca_key, ca_cert = _ca(out, out / SERVER_CERT)
     key = ec.generate_private_key(ec.SECP384R1())
     now = dt.datetime.now(dt.UTC)
     cert = (
@@ -117,6 +152,27 @@ def make_server_cert(out: Path, sans: list[str], days: int = 825) -> tuple[Path,
         .sign(ca_key, hashes.SHA384())
     )
     return _write_pair(out, SERVER_CERT, cert, SERVER_KEY, key)
+
+
+def make_attack_cert(out: Path, days: int = 825) -> tuple[Path, Path]:
+    """The attack host's client certificate (EC, clientAuth only), signed by the CA in `out`:
+    `deploy serve-store` serves the checkpoint store only to its holder."""
+    ca_key, ca_cert = _ca(out, out / ATTACK_CERT)
+    key = ec.generate_private_key(ec.SECP384R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("fedattack attack host"))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    return _write_pair(out, ATTACK_CERT, cert, ATTACK_KEY, key)
 
 
 def make_site_key(path: Path) -> Path:
@@ -145,11 +201,14 @@ def make_credentials(
     volume, which no other site mounts) with a copy of the CA certificate; only the public
     key goes to `out`."""
     out = Path(out)
+    check_sans(sans)
     if force or not (out / CA_CERT).exists():
         make_ca(out)
     server_cert = out / SERVER_CERT
     if force or not server_cert.exists() or not covers(load_cert(server_cert), sans):
         make_server_cert(out, sans)
+    if force or not (out / ATTACK_CERT).exists() or not (out / ATTACK_KEY).exists():
+        make_attack_cert(out)
     keys = {}
     for site in sites:
         home = Path(sites_dir) / site if sites_dir else out
@@ -161,4 +220,6 @@ def make_credentials(
             atomic_write(out / pub.name, pub.read_bytes(), private=False)
             atomic_write(home / CA_CERT, (out / CA_CERT).read_bytes(), private=False)
         keys[site] = path
-    return Credentials(out / CA_CERT, server_cert, out / SERVER_KEY, keys)
+    return Credentials(
+        out / CA_CERT, server_cert, out / SERVER_KEY, keys, out / ATTACK_CERT, out / ATTACK_KEY
+    )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.config import ExperimentConfig, load_config
+from shared.data.manifest import public_manifest_path
 from shared.data.splits import Manifest, load_manifest, make_splits, site_manifest_path, test_manifest_path
 from shared.errors import DatasetError
 from shared.io import atomic_path
@@ -102,7 +103,8 @@ def prepare_deployment_data(
     config: Path, work: Path, sites_dir: Path, attack_dir: Path, synth_if_missing: bool = True
 ) -> list[Exported]:
     """Split, then write `sites_dir/<site>/site_<site>.json` + its images for every site and
-    `attack_dir/test_<dataset>.json` + images for every test set."""
+    `attack_dir/test_<dataset>.json` + images for every test set (and
+    `attack_dir/public_<dataset>.json` + images for the outsider's public split, if any)."""
     cfg = resolve_data(config, work, synth_if_missing)
     make_splits(cfg.data, cfg.seed, cfg.splits_dir)
     skip = cfg.data.skip_unreadable
@@ -114,6 +116,12 @@ def prepare_deployment_data(
     for name in cfg.data.datasets:
         src = load_manifest(test_manifest_path(cfg.splits_dir, name))
         out.append(export_manifest(src, Path(attack_dir) / name, test_manifest_path(attack_dir, name), skip))
+        public = public_manifest_path(cfg.splits_dir, name)
+        if public.is_file():  # the outsider threat's own training data (data.split.public_fraction)
+            dest = Path(attack_dir) / f"public-{name}"
+            out.append(
+                export_manifest(load_manifest(public), dest, public_manifest_path(attack_dir, name), skip)
+            )
     for e in out:
         print(f"{e.name}: {e.images} images ({e.copied} copied) -> {e.manifest}", flush=True)
     return out

@@ -2,14 +2,18 @@
 # On the server machine. Folders default to /srv/fedattack/...; override with env vars.
 #
 #   deploy/server-host.sh credentials NAME_OR_IP...  CA, server certificate for these names,
-#                                                    one key pair per site (in ./credentials)
+#                                                    one key pair per site, the attack host's
+#                                                    client certificate (attack.crt/.key)
 #   deploy/server-host.sh superlink                  the SuperLink: TLS, node auth, state
 #   deploy/server-host.sh register                   register the four sites' public keys
 #   deploy/server-host.sh submit CONFIG              one run per architecture, wait for all
-#   deploy/server-host.sh serve-store                the checkpoint store over HTTPS (:8443)
+#   deploy/server-host.sh serve-store                the checkpoint store over HTTPS (:8443),
+#                                                    only to holders of attack.crt
 #
 # CREDENTIALS (default /srv/fedattack/credentials), STATE (/srv/fedattack/state),
-# STORE (/srv/fedattack/checkpoints), ADDRESS (the address the sites dial, HOST:9093).
+# STORE (/srv/fedattack/checkpoints), ADDRESS (the address the sites dial, HOST:9093),
+# STORE_HOST (the address serve-store listens on; default 0.0.0.0, every interface: the
+# attack host is another machine, and it must present attack.crt).
 set -euo pipefail
 CREDENTIALS=${CREDENTIALS:-/srv/fedattack/credentials}
 STATE=${STATE:-/srv/fedattack/state}
@@ -32,8 +36,8 @@ case "$cmd" in
       --root-certificates "$CREDENTIALS/ca.crt" --store "$STORE" ;;
   serve-store)
     exec fedattack deploy serve-store --store "$STORE" --credentials "$CREDENTIALS" \
-      --port "${PORT:-8443}" ;;
+      --host "${STORE_HOST:-0.0.0.0}" --port "${PORT:-8443}" ;;
   *)
-    sed -n '2,12p' "$0" >&2
+    sed -n '2,16p' "$0" >&2
     exit 64 ;;
 esac

@@ -1,6 +1,6 @@
 """The server host of a networked deployment: the SuperLink (TLS, SuperNode
-authentication, persistent state), key registration, run submission, and an HTTPS
-server that hands the checkpoint store to the attack host.
+authentication, persistent state), key registration and run submission (the HTTPS
+server that hands the checkpoint store to the attack host is deploy.store_server).
 
 Each entry point checks its inputs first and fails with one clear message; the
 long-running ones then exec Flower's own command, so that signals reach it directly.
@@ -8,11 +8,8 @@ long-running ones then exec Flower's own command, so that signals reach it direc
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import socket
-import ssl
 import tempfile
 import time
 from pathlib import Path
@@ -118,31 +115,3 @@ def submit(
         run_all(cfg, conn, local.root, resume, progress, logs_hint=f"the SuperLink's log on {address}")
     if progress is not None and local.manifest_path.is_file():
         local.check_complete()
-
-
-class _StoreHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        print(f"{self.address_string()} {format % args}", flush=True)
-
-
-def serve_store(store: Path, host: str, port: int, credentials: Path | None) -> None:
-    """Serve the checkpoint store read-only over HTTPS (the attack host verifies every
-    file's sha256 against the manifest before use)."""
-    store = Path(store)
-    if not store.is_dir():
-        raise DeploymentError(f"{store}: no checkpoint store here")
-    handler = functools.partial(_StoreHandler, directory=str(store))
-    server = http.server.ThreadingHTTPServer((host, port), handler)
-    scheme = "http"
-    if credentials is not None:
-        c = Path(credentials)
-        check_server_credentials(c / CA_CERT, c / SERVER_CERT, c / SERVER_KEY)
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.load_cert_chain(c / SERVER_CERT, c / SERVER_KEY)
-        server.socket = ctx.wrap_socket(server.socket, server_side=True)
-        scheme = "https"
-    print(f"serving {store} at {scheme}://{host}:{server.server_address[1]}/", flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()

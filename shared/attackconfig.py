@@ -80,8 +80,14 @@ class SuiteConfig:
     sweep_eps: tuple[float, ...] = (0.01, 0.02, 0.04)
     sweep_attacks: tuple[str, ...] = ("fgsm", "midi")
     ensemble: Literal["logits", "loss"] = "logits"  # mean of the surrogates' logits or losses
+    # The suite's own share of the attack images (the first N pneumonia images of each test
+    # set); null: every one, as the study's attack. Iterative attacks cost steps x what FGSM
+    # costs, so CPU-sized runs may want fewer.
+    max_images_per_dataset: int | None = None
 
     def __post_init__(self) -> None:
+        if self.max_images_per_dataset is not None and self.max_images_per_dataset < 5:
+            raise ValueError("max_images_per_dataset: must be >= 5 (or null for every image)")
         for e in self.sweep_eps:
             _check_eps(e, "sweep_eps")
         unknown = sorted(set(self.threats) - set(THREATS))

@@ -14,94 +14,37 @@ from typing import Any, Literal
 import yaml
 
 from shared.attackconfig import AttackConfig
+from shared.dataconfig import (
+    DEFAULT_MAX_PIXELS,
+    SITES,
+    DataConfig,
+    DatasetConfig,
+    DatasetKind,
+    OverlapConfig,
+    SplitConfig,
+)
 from shared.errors import ConfigError
 from shared.io import atomic_write
 from shared.typedyaml import build, plain, set_dotted
 
-SITES: tuple[str, ...] = ("A", "B", "C", "D")
-DatasetKind = Literal["nih", "rsna"]
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    """One source dataset and the sites its patients are split into."""
-
-    kind: DatasetKind
-    root: Path
-    sites: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if not self.sites:
-            raise ValueError("sites: give at least one site")
-        for s in self.sites:
-            if s not in SITES:
-                raise ValueError(f"sites: unknown site {s!r}; use some of {list(SITES)}")
-
-
-@dataclass(frozen=True)
-class SplitConfig:
-    """Patient-level split of each dataset into a test set and per-site train/val parts."""
-
-    test_fraction: float = 0.2
-    val_fraction: float = 0.2
-    # Undersample negatives in the *training* parts to reach this positive fraction
-    # (NIH has ~1.3% pneumonia). None keeps the natural prevalence.
-    balance_positive_fraction: float | None = None
-    # Cap on patients per dataset, for quick experiments. None uses all of them.
-    max_patients: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("test_fraction", "val_fraction"):
-            v = getattr(self, name)
-            if not 0.0 < v < 1.0:
-                raise ValueError(f"{name}: must be in (0, 1), got {v}")
-        if self.test_fraction + self.val_fraction >= 0.9:
-            raise ValueError("test_fraction + val_fraction: must leave at least 10% to train")
-        b = self.balance_positive_fraction
-        if b is not None and not 0.0 < b < 1.0:
-            raise ValueError(f"balance_positive_fraction: must be in (0, 1), got {b}")
-        if self.max_patients is not None and self.max_patients < 10:
-            raise ValueError("max_patients: must be at least 10")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Where the datasets are and how images are prepared."""
-
-    image_size: int
-    datasets: dict[str, DatasetConfig]
-    channels: int = 1
-    workers: int = 2
-    skip_unreadable: bool = False
-    split: SplitConfig = field(default_factory=SplitConfig)
-
-    def __post_init__(self) -> None:
-        if self.image_size < 32:
-            raise ValueError(f"image_size: must be at least 32, got {self.image_size}")
-        if self.channels not in (1, 3):
-            raise ValueError(f"channels: must be 1 or 3, got {self.channels}")
-        if self.workers < 0:
-            raise ValueError("workers: must be >= 0")
-        if not self.datasets:
-            raise ValueError("datasets: give at least one dataset")
-        seen: dict[str, str] = {}
-        for name, ds in self.datasets.items():
-            for s in ds.sites:
-                if s in seen:
-                    raise ValueError(f"datasets.{name}.sites: site {s} already belongs to {seen[s]}")
-                seen[s] = name
-
-    @property
-    def sites(self) -> tuple[str, ...]:
-        """Every configured site, in order A..D."""
-        return tuple(s for s in SITES if any(s in d.sites for d in self.datasets.values()))
-
-    def dataset_of(self, site: str) -> str:
-        """The name of the dataset a site's shard comes from."""
-        for name, ds in self.datasets.items():
-            if site in ds.sites:
-                return name
-        raise ConfigError(f"site {site!r} is not in any dataset's sites; configured: {self.sites}")
+# The data classes live in shared.dataconfig; they are re-exported here.
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SITES",
+    "ArchTraining",
+    "DataConfig",
+    "DatasetConfig",
+    "DatasetKind",
+    "ExperimentConfig",
+    "FederationConfig",
+    "OptimizerConfig",
+    "OverlapConfig",
+    "SplitConfig",
+    "SynthConfig",
+    "TrainingConfig",
+    "load_config",
+    "parse_config",
+]
 
 
 @dataclass(frozen=True)
@@ -119,6 +62,26 @@ class OptimizerConfig:
 
 
 @dataclass(frozen=True)
+class ArchTraining:
+    """Per-architecture exceptions to the training settings (unset: the general ones)."""
+
+    local_epochs: int | None = None
+    lr: float | None = None
+    finetune_epochs: int | None = None
+    finetune_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.local_epochs is not None and self.local_epochs < 1:
+            raise ValueError("local_epochs: must be >= 1")
+        if self.finetune_epochs is not None and self.finetune_epochs < 0:
+            raise ValueError("finetune_epochs: must be >= 0")
+        for name in ("lr", "finetune_lr"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name}: must be > 0, got {v}")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """Local training at each site."""
 
@@ -133,7 +96,10 @@ class TrainingConfig:
     # restart: statistics restart as a cumulative average at every local training
     # (the behaviour before recalibration, kept for comparison).
     batchnorm: Literal["recalibrate", "restart"] = "recalibrate"
+    # Weigh the loss so both classes count alike at every site (shared.training.balanced_weights).
+    class_balance: bool = False
     pretrained: dict[str, Path] = field(default_factory=dict)  # arch -> local weights file
+    per_arch: dict[str, ArchTraining] = field(default_factory=dict)  # arch -> exceptions
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:
@@ -194,6 +160,12 @@ class ExperimentConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.training.per_arch) - set(self.federation.architectures))
+        if unknown:
+            raise ValueError(
+                f"training.per_arch: {unknown[0]!r} is not in federation.architectures "
+                f"{list(self.federation.architectures)}"
+            )
         if len(self.data.sites) < self.federation.min_sites:
             raise ValueError(
                 f"federation.min_sites: {self.federation.min_sites} exceeds the "
@@ -229,11 +201,19 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     """Load and validate an experiment YAML. `overrides` maps dotted keys to new values."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; give the experiment YAML file in it") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a text file (byte {e.start} is not UTF-8); give the experiment YAML"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     for dotted, value in (overrides or {}).items():

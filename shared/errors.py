@@ -44,5 +44,9 @@ class CredentialsError(FedAttackError):
     """TLS certificates or SuperNode keys are missing, mismatched or unsafe."""
 
 
+class OutputError(FedAttackError):
+    """An output folder cannot be created or written."""
+
+
 class DeploymentError(FedAttackError):
     """A networked deployment cannot start (bad address, SuperLink refusing, ...)."""

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from shared.errors import OutputError
 
 
 @contextlib.contextmanager
@@ -40,3 +43,22 @@ def atomic_write(path: Path, data: bytes | str, private: bool = False, durable: 
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())
+
+
+def ensure_writable_dir(path: Path, what: str) -> Path:
+    """Make sure `path` is a folder this process can write into (creating it if needed),
+    before any compute is spent; raise OutputError naming it otherwise. `what` says what
+    the folder is for, e.g. "output folder (--out)"."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: the {what} is a file, not a folder; pick another path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(
+            f"{path}: the {what} is not writable ({e.strerror}); pick another path or fix its permissions"
+        ) from None
+    return path

@@ -15,5 +15,11 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("PIL", "matplotlib", "urllib3", "timm"):
+    for noisy in ("PIL", "matplotlib", "urllib3", "timm", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:
+        # pydicom logs a full traceback for each decoder failure (and warnings for odd tags)
+        # although the error reaches the caller, which reports the file as unreadable in its
+        # own words. Flower: warnings and errors only.
+        logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+        logging.getLogger("flwr").setLevel(logging.WARNING)

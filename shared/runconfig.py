@@ -6,14 +6,15 @@ dashed keys here and parsed back, with their types, at the ServerApp/ClientApp e
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from shared.config import ExperimentConfig, OptimizerConfig
+from shared.config import ArchTraining, ExperimentConfig, OptimizerConfig
 from shared.errors import ConfigError
 
 Scalar = str | int | float | bool
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class RunSettings:
     workers: int
     skip_unreadable: bool
     batchnorm: str  # recalibrate | restart (training.batchnorm)
+    class_balance: bool
     study: str  # one id per submission: the first of its runs to start resets the store
     split: str  # the split's fingerprint, "manifest=sha256,...", or "" when unknown
 
@@ -75,6 +77,7 @@ class RunSettings:
             "workers": self.workers,
             "skip-unreadable": self.skip_unreadable,
             "batchnorm": self.batchnorm,
+            "class-balance": self.class_balance,
             "study": self.study,
             "split": self.split,
         }
@@ -127,9 +130,14 @@ class RunSettings:
             workers=get("workers", int),
             skip_unreadable=get("skip-unreadable", bool),
             batchnorm=get("batchnorm", str),
+            class_balance=get("class-balance", bool),
             study=get("study", str),
             split=get("split", str),
         )
+
+
+def pick(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def run_settings_for(
@@ -145,16 +153,17 @@ def run_settings_for(
         raise ConfigError(f"architecture {arch!r} is not in federation.architectures")
     t = cfg.training
     pretrained = t.pretrained.get(arch)
+    a = t.per_arch.get(arch, ArchTraining())
     return RunSettings(
         arch=arch,
         architectures=cfg.federation.architectures,
         sites=cfg.data.sites,
         num_rounds=cfg.federation.rounds,
-        local_epochs=t.local_epochs,
-        finetune_epochs=t.finetune_epochs,
+        local_epochs=pick(a.local_epochs, t.local_epochs),
+        finetune_epochs=pick(a.finetune_epochs, t.finetune_epochs),
         batch_size=t.batch_size,
-        optimizer=t.optimizer,
-        finetune_lr=t.finetune_lr if t.finetune_lr is not None else t.optimizer.lr,
+        optimizer=replace(t.optimizer, lr=pick(a.lr, t.optimizer.lr)),
+        finetune_lr=pick(a.finetune_lr, pick(t.finetune_lr, pick(a.lr, t.optimizer.lr))),
         image_size=cfg.data.image_size,
         channels=cfg.data.channels,
         seed=cfg.seed,
@@ -167,6 +176,7 @@ def run_settings_for(
         workers=cfg.data.workers,
         skip_unreadable=cfg.data.skip_unreadable,
         batchnorm=t.batchnorm,
+        class_balance=t.class_balance,
         study=study,
         split=",".join(f"{k}={v}" for k, v in sorted((split or {}).items())),
     )

@@ -17,7 +17,14 @@ from typing import Any
 
 import torch
 
-from shared.checkpoint import ModelEntry, decode_state, encode_state, finite_metrics, sha256_bytes
+from shared.checkpoint import (
+    ModelEntry,
+    decode_state,
+    describe,
+    encode_state,
+    finite_metrics,
+    sha256_bytes,
+)
 from shared.errors import CheckpointError
 from shared.io import atomic_write
 from shared.models import InputSpec
@@ -110,10 +117,11 @@ class CheckpointStore:
         manifest["updated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         atomic_write(self.manifest_path, json.dumps(manifest, indent=1), durable=True)
 
-    def _write_file(self, name: str, state: dict[str, torch.Tensor], spec: InputSpec, arch: str) -> str:
-        data = encode_state(state, {"arch": arch, "input": spec.to_json()})
-        atomic_write(self.root / name, data, durable=True)
-        return sha256_bytes(data)
+    def _write_file(self, file: str, state: dict[str, torch.Tensor], info: dict[str, Any]) -> tuple[str, int]:
+        """Write one checkpoint file carrying its own description; its sha256 and size."""
+        data = encode_state(state, info)
+        atomic_write(self.root / file, data, durable=True)
+        return sha256_bytes(data), len(data)
 
     def save_round(
         self,
@@ -128,7 +136,10 @@ class CheckpointStore:
         """Store the global model after round `rnd` (0 = initial) and which sites built it."""
         with self._locked():
             file = f"{arch}-round{rnd}.safetensors"
-            digest = self._write_file(file, state, spec, arch)
+            info = describe(
+                name=f"{arch}-round{rnd}", arch=arch, kind="round", site=None, round=rnd, spec=spec
+            )
+            digest, size = self._write_file(file, state, info)
             m = self.read_manifest()
             m["rounds"] = [r for r in m["rounds"] if not (r["arch"] == arch and r["round"] == rnd)]
             m["rounds"].append(
@@ -137,6 +148,7 @@ class CheckpointStore:
                     "round": rnd,
                     "file": file,
                     "sha256": digest,
+                    "bytes": size,
                     "input": spec.to_json(),
                     "metrics": metrics,
                     "sites": sites,
@@ -169,7 +181,8 @@ class CheckpointStore:
         """Store a final model (global or local) and list it in the manifest."""
         with self._locked():
             file = f"{name}.safetensors"
-            digest = self._write_file(file, state, input, arch)
+            info = describe(name=name, arch=arch, kind=kind, site=site, round=round, spec=input)
+            digest, size = self._write_file(file, state, info)
             entry = ModelEntry(
                 name=name,
                 arch=arch,
@@ -180,6 +193,7 @@ class CheckpointStore:
                 sha256=digest,
                 input=input,
                 metrics=finite_metrics(metrics),
+                bytes=size,
             )
             m = self.read_manifest()
             m["models"] = [e for e in m["models"] if e["name"] != entry.name] + [entry.to_json()]
@@ -222,4 +236,6 @@ class CheckpointStore:
             data = path.read_bytes()
         except FileNotFoundError:
             raise CheckpointError(f"{path}: listed in the manifest but missing") from None
+        except OSError as e:  # a folder, unreadable, ...
+            raise CheckpointError(f"{path}: listed in the manifest but unreadable ({e.strerror})") from None
         return decode_state(data, sha256, str(path))

@@ -70,9 +70,12 @@ def train_epochs(
     optimizer: torch.optim.Optimizer,
     epochs: int,
     device: torch.device,
+    class_weights: torch.Tensor | None = None,
 ) -> float:
-    """Train for `epochs`; return the mean training loss of the last epoch."""
+    """Train for `epochs`; return the mean training loss of the last epoch. `class_weights`
+    weighs the cross-entropy per class (see `balanced_weights`)."""
     model.train()
+    weight = None if class_weights is None else class_weights.to(device)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     mean_loss = math.nan
@@ -84,7 +87,7 @@ def train_epochs(
             with torch.autocast(
                 device.type, dtype=torch.bfloat16 if use_amp else torch.float32, enabled=use_amp
             ):
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(model(x), y, weight=weight)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
@@ -92,6 +95,15 @@ def train_epochs(
             n += len(y)
         mean_loss = total / max(n, 1)
     return mean_loss
+
+
+def balanced_weights(labels: np.ndarray, classes: int = 2) -> torch.Tensor:
+    """Per-class loss weights n / (classes * n_c): both classes count as much in the loss
+    whatever their prevalence, so the argmax rule sits where errors on either side cost the
+    same (a site with few pneumonia images would otherwise learn to call most images negative)."""
+    counts = np.bincount(labels.astype(np.int64), minlength=classes).astype(np.float64)
+    counts[counts == 0] = 1.0
+    return torch.tensor(len(labels) / (classes * counts), dtype=torch.float32)
 
 
 @dataclass(frozen=True)

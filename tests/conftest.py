@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,21 @@ def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic twin (both datasets), shared read-only by the tests."""
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, patients=48, size=96, seed=3)
+    return out
+
+
+def planted_pairs(root: Path) -> set[tuple[str, str]]:
+    """The synthetic twin's ground truth: (NIH image name, RSNA patientId) of every planted pair."""
+    with (root / "planted_twins.csv").open() as fh:
+        return {(r["Image Index"], r["patientId"]) for r in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="session")
+def planted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A twin with many planted shared radiographs (50 of 200 RSNA patients are NIH images),
+    at the demo's 128 px; its ground truth is planted_twins.csv. Shared read-only."""
+    out = tmp_path_factory.mktemp("planted")
+    synthesize(out, patients=200, size=128, seed=1, twin_fraction=0.25)
     return out
 
 

@@ -1,5 +1,6 @@
 """The attack CLI end to end on a store produced by a tiny real federation: outputs,
-determinism, HTTP pull, tampering, and bad input."""
+determinism, HTTP pull, tampering, bad input, an independent recomputation, and the attack
+suite (every threat model, the outsider's isolation from the store)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from shared.config import load_config
 from tests.flower_helpers import tiny_data, tiny_federation_config
@@ -27,7 +29,20 @@ def fed(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("attack-fed")
     data = tiny_data(tmp)
     cfg_path = tiny_federation_config(
-        tmp, data, ["resnet18"], rounds=1, **{"training.local_epochs": 2, "training.optimizer.lr": 0.003}
+        tmp,
+        data,
+        ["resnet18"],
+        rounds=1,
+        **{
+            "training.local_epochs": 2,
+            "training.optimizer.lr": 0.003,
+            "data.split.public_fraction": 0.2,  # the outsider's data
+            "attack.iterative.steps": 2,
+            "attack.universal.epochs": 2,
+            "training.class_balance": True,
+            "attack.outsider.epochs": 6,
+            "attack.outsider.lr": 0.003,
+        },
     )
     res = subprocess.run(
         [sys.executable, "-m", "cli.main", "federate", "--config", str(cfg_path)],
@@ -228,3 +243,89 @@ def test_an_independent_recomputation_reproduces_every_count(fed, first_run) -> 
         for c in results["cells"]
     }
     assert ours == counts
+
+
+@pytest.fixture(scope="module")
+def suite_run(fed, tmp_path_factory):
+    cfg, store = fed
+    out = tmp_path_factory.mktemp("suite-out")
+    res = attack(
+        cfg,
+        str(store),
+        out,
+        "--attack",
+        "fgsm,pgd,uap",
+        "--threat",
+        "member,insider,outsider",
+        "--eps",
+        "0.01,0.02",
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out / "suite", res
+
+
+def test_suite_report_and_folders(suite_run) -> None:
+    suite, res = suite_run
+    md = (suite / "suite.md").read_text()
+    for attack_name in ("fgsm", "pgd", "uap"):
+        for threat in ("member", "insider", "outsider"):
+            folder = suite / f"{attack_name}-{threat}"
+            assert {p.name for p in folder.iterdir()} >= {"results.json", "matrix.csv", "heatmap.png"}
+            assert f"[{attack_name}]({attack_name}-{threat}/results.json) | {threat} |" in md
+    assert (suite / "sweep" / "fgsm-member-eps0.01" / "results.json").exists()
+    assert (suite / "sweep.png").stat().st_size > 10_000 and "eps 0.01" in md and "ctrl" in md
+    insider = json.loads((suite / "pgd-insider" / "results.json").read_text())
+    assert sorted(insider["sources"]) == ["insider-A", "insider-B", "insider-C", "insider-D"]
+    for c in insider["cells"]:  # a site's ensemble holds its own local model and the global
+        own = c["target"] in (f"resnet18-local-{c['source'][-1]}", "resnet18-global")
+        assert c["white_box"] == own
+        assert c["n_control_misclassified"] is not None and len(c["interval"]) == 2
+    outsider = json.loads((suite / "pgd-outsider" / "results.json").read_text())
+    assert list(outsider["sources"]) == ["outsider-resnet18"]
+    assert not any(c["white_box"] for c in outsider["cells"])
+    uap = json.loads((suite / "uap-member" / "results.json").read_text())
+    for name, src in uap["sources"].items():  # measured only on images it was not fitted on
+        assert not set(src["fit"]) & set(src["attacked"]), name
+    assert "suite report:" in res.stdout
+
+
+def test_outsider_crafting_never_uses_the_stores_weights(fed, suite_run, tmp_path: Path) -> None:
+    """The same outsider attack against a store of other weights crafts exactly the same
+    adversarial images on exactly the same images (only the targets' counts change)."""
+    cfg, store = fed
+    other = tmp_path / "store"
+    shutil.copytree(store, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    from shared.checkpoint import encode_state, sha256_bytes
+    from shared.models import build_model
+
+    for i, entry in enumerate(manifest["models"]):  # fresh weights, valid hashes and metadata
+        torch.manual_seed(100 + i)
+        model = build_model(entry["arch"], entry["input"]["size"], entry["input"]["channels"])
+        data = encode_state(model.state_dict(), {"arch": entry["arch"], "input": entry["input"]})
+        (other / entry["file"]).write_bytes(data)
+        entry["sha256"] = sha256_bytes(data)
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    res = attack(cfg, str(other), tmp_path / "out", "--attack", "pgd", "--threat", "outsider")
+    assert res.returncode == 0, res.stderr[-3000:]
+    ours = json.loads((tmp_path / "out" / "suite" / "pgd-outsider" / "results.json").read_text())
+    ref = json.loads((suite_run[0] / "pgd-outsider" / "results.json").read_text())
+    for name in ref["sources"]:
+        assert ref["sources"][name]["n_attacked"] > 0, f"{name} attacked nothing: the test is vacuous"
+        assert ours["sources"][name]["attacked"] == ref["sources"][name]["attacked"]
+        assert ours["sources"][name]["code_sha256"] == ref["sources"][name]["code_sha256"]
+    assert [c["n_correct_before"] for c in ours["cells"]] != [c["n_correct_before"] for c in ref["cells"]]
+
+
+def test_suite_settings_fail_before_any_model_is_loaded(fed, tmp_path: Path) -> None:
+    cfg, store = fed
+    res = attack(cfg, str(store), tmp_path / "a", "--attack", "pgd,deepfool")
+    assert res.returncode == 2 and "unknown attack 'deepfool'" in res.stderr and "midi" in res.stderr
+    res = attack(cfg, str(store), tmp_path / "b", "--threat", "spy")
+    assert res.returncode == 2 and "unknown threat model 'spy'" in res.stderr
+    res = attack(cfg, str(store), tmp_path / "c", "--eps", "0.01,-0.5")
+    assert res.returncode == 2 and "sweep_eps" in res.stderr
+    res = attack(cfg, str(store), tmp_path / "d", "--eps", "0.01,lots")
+    assert res.returncode == 2 and "--eps" in res.stderr
+    for r in (res,):
+        assert "Traceback" not in r.stdout + r.stderr

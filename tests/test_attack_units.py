@@ -8,14 +8,12 @@ import torch
 from torch import nn
 
 from attack.attacks import FGSM, build_attack
+from attack.crafting import FUSE_MIN_CORRECT, clean_and_craft, craft
 from attack.measure import (
-    FUSE_MIN_CORRECT,
     AttackSet,
     Probe,
     Settings,
     Target,
-    clean_and_craft,
-    craft,
     fit_mask,
     predict_pneumonia,
     random_sign,

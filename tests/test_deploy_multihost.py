@@ -150,7 +150,8 @@ def test_every_compose_service_ran_as_written(deployment) -> None:
 
 def test_credentials_keep_site_keys_in_site_folders(deployment) -> None:
     creds, sites = deployment["paths"]["/credentials"], deployment["paths"]["/sites"]
-    assert sorted(p.name for p in creds.iterdir() if p.name.endswith(".key")) == ["ca.key", "server.key"]
+    keys = sorted(p.name for p in creds.iterdir() if p.name.endswith(".key"))
+    assert keys == ["attack.key", "ca.key", "server.key"]
     for site in SITES:
         key = sites / site / f"site-{site}.key"
         assert key.stat().st_mode & 0o777 == 0o600
@@ -313,12 +314,15 @@ def test_attack_host_pulls_the_store_over_https(deployment, tmp_path: Path) -> N
     )
     wait_for_port(d["link_ip"], 8443, 60, serve.proc, serve.log_path)
     url = f"https://{d['link_ip']}:8443"
-    snap = read_manifest(url, tls_context(d["paths"]["/credentials"] / "ca.crt"))
+    creds = d["paths"]["/credentials"]
+    snap = read_manifest(url, tls_context(creds / "ca.crt", creds / "attack.crt", creds / "attack.key"))
     assert snap.manifest["complete"]
     state = fetch_state(snap, snap.models[0], tmp_path / "pulled")
     assert state and (tmp_path / "pulled" / snap.models[0].file).is_file()
     with pytest.raises(CheckpointError, match="unreachable"):
         read_manifest(url)  # the system CAs do not vouch for the deployment's certificate
+    with pytest.raises(CheckpointError, match="client certificate"):
+        read_manifest(url, tls_context(creds / "ca.crt"))  # the CA alone is not enough
 
 
 def test_nothing_outlives_the_deployment(deployment) -> None:

@@ -15,6 +15,7 @@ import torch
 
 from clients.site import train_site
 from deploy.local import federate, node_configs
+from shared.batchnorm import pool, recalibrate, statistics
 from shared.config import load_config
 from shared.data.cache import load_cached
 from shared.data.splits import load_manifest, make_splits, site_manifest_path
@@ -37,11 +38,19 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_data(tmp_path_factory.mktemp("fed-data"))
 
 
-def _val_metrics(cfg, entry, state, site: str):
+def _val_metrics(cfg, entry, state, site: str, recalibrated: bool = False):
+    """A stored model's validation metrics at a site; `recalibrated`: after the site
+    re-estimates its BatchNorm statistics on its training data, as a site does with every
+    global model it receives. Returns (metrics, n val images, the statistics used)."""
     model = model_from_state(entry.arch, entry.input, state).eval()
     m = load_manifest(site_manifest_path(cfg.splits_dir, site))
     val = load_cached(m, "val", cfg.data.image_size, cfg.cache_dir)
-    return evaluate(model, make_loader(val, 1, 16, False, 0, 0), torch.device("cpu")), len(val)
+    if recalibrated:
+        train = load_cached(m, "train", cfg.data.image_size, cfg.cache_dir)
+        batch = cfg.training.batch_size * 2
+        recalibrate(model, make_loader(train, 1, batch, False, 0, 0), torch.device("cpu"))
+    result = evaluate(model, make_loader(val, 1, 16, False, 0, 0), torch.device("cpu"))
+    return result, len(val), (statistics(model), float(len(train)) if recalibrated else None)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +98,11 @@ def test_locals_reproduce_their_recorded_metrics_and_differ_from_global(three_ar
         g = models[f"{arch}-global"]
         g_state = store.load(g.file, g.sha256)
         weighted, total = 0.0, 0
+        site_stats, site_weights = [], []
         for site in "ABCD":
             loc = models[f"{arch}-local-{site}"]
             state = store.load(loc.file, loc.sha256)
-            result, _ = _val_metrics(cfg, loc, state, site)
+            result, _, _ = _val_metrics(cfg, loc, state, site)
             assert result.loss == pytest.approx(loc.metrics["val-loss"], rel=1e-4, abs=1e-5)
             assert result.accuracy == pytest.approx(loc.metrics["val-accuracy"])
             diff = max(
@@ -101,10 +111,17 @@ def test_locals_reproduce_their_recorded_metrics_and_differ_from_global(three_ar
                 if state[k].dtype.is_floating_point
             )
             assert diff > 0, f"{loc.name} equals the global model"
-            g_result, n = _val_metrics(cfg, g, g_state, site)
+            # the global's recorded metrics: each site evaluates it after re-estimating its
+            # BatchNorm statistics on its own data
+            g_result, n, (stats, n_train) = _val_metrics(cfg, g, g_state, site, recalibrated=True)
             weighted += g_result.loss * n
             total += n
+            site_stats.append(stats)
+            site_weights.append(n_train)
         assert weighted / total == pytest.approx(g.metrics["val-loss"], rel=1e-4)
+        # the stored global carries the sites' statistics pooled exactly
+        for k, v in pool(site_stats, site_weights).items():
+            torch.testing.assert_close(g_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_stored_global_is_the_weighted_mean_of_the_site_updates(three_arch_store) -> None:
@@ -120,9 +137,9 @@ def test_stored_global_is_the_weighted_mean_of_the_site_updates(three_arch_store
     run = RunSettings.from_run_config(run_settings_for(cfg, arch, store.root, False).to_run_config())
     updates, weights = [], []
     for node in node_configs(cfg):
-        state, metrics = train_site(node, run, start, 1, finetune=False)
-        updates.append(state)
-        weights.append(metrics["num-examples"])
+        result = train_site(node, run, start, 1, finetune=False)
+        updates.append(result.state)
+        weights.append(result.metrics["num-examples"])
     stored = store.load(r1["file"], r1["sha256"])
     total = sum(weights)
     for k, v in stored.items():

@@ -32,7 +32,19 @@ def test_manifest_contract_and_completeness(tmp_path: Path) -> None:
     m = json.loads((tmp_path / "manifest.json").read_text())
     assert m["complete"] is True
     entry = m["models"][0]
-    assert set(entry) == {"name", "arch", "kind", "site", "round", "file", "sha256", "input", "metrics"}
+    assert set(entry) == {
+        "name",
+        "arch",
+        "kind",
+        "site",
+        "round",
+        "file",
+        "sha256",
+        "bytes",
+        "input",
+        "metrics",
+    }
+    assert entry["bytes"] == (tmp_path / entry["file"]).stat().st_size
     assert set(entry["input"]) == {"size", "channels", "mean", "std"}
     loaded = store.load(entry["file"], entry["sha256"])
     assert all(torch.equal(loaded[k], v) for k, v in state.items())

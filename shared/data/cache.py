@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.config import DEFAULT_MAX_PIXELS
 from shared.data.images import read_image, resize_to_uint8
 from shared.data.splits import Manifest
 from shared.errors import DatasetError, ImageReadError
@@ -41,8 +42,11 @@ class CachedPart:
         return len(self.ids)
 
 
-def _fingerprint(manifest: Manifest, part: str, size: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}:{size}:{manifest.dataset}:{part}".encode())
+def _fingerprint(manifest: Manifest, part: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+    # a non-default pixel limit may refuse other files: it keys the cache (the default keeps
+    # the caches built before the limit existed)
+    limit = "" if max_pixels == DEFAULT_MAX_PIXELS else f":max{max_pixels}"
+    h = hashlib.sha256(f"v{CACHE_VERSION}:{size}:{manifest.dataset}:{part}{limit}".encode())
     for s in manifest.part(part):
         p = manifest.data_root / s.relpath
         try:
@@ -53,10 +57,10 @@ def _fingerprint(manifest: Manifest, part: str, size: int) -> str:
     return h.hexdigest()
 
 
-def _decode(args: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
-    path, size = args
+def _decode(args: tuple[str, int, int]) -> tuple[np.ndarray | None, str | None]:
+    path, size, max_pixels = args
     try:
-        return resize_to_uint8(read_image(Path(path)), size), None
+        return resize_to_uint8(read_image(Path(path), max_pixels), size), None
     except ImageReadError as e:
         return None, str(e)
 
@@ -68,10 +72,12 @@ def load_cached(
     cache_dir: Path,
     workers: int = 0,
     skip_unreadable: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> CachedPart:
-    """Return the cached part, building it first when absent or stale."""
+    """Return the cached part, building it first when absent or stale. `max_pixels`: images
+    declaring more are unreadable (data.max_pixels)."""
     folder = Path(cache_dir) / manifest.name / f"{part}_{size}px"
-    key = _fingerprint(manifest, part, size)
+    key = _fingerprint(manifest, part, size, max_pixels)
     meta_path = folder / "meta.json"
     if meta_path.exists():
         try:
@@ -80,7 +86,7 @@ def load_cached(
                 return _check_unreadable(_open(folder, meta), skip_unreadable)
         except (json.JSONDecodeError, OSError, ValueError):
             log.warning("cache %s unreadable; rebuilding", folder)
-    return _build(manifest, part, size, folder, key, workers, skip_unreadable)
+    return _build(manifest, part, size, folder, key, workers, skip_unreadable, max_pixels)
 
 
 _SKIP_HINT = "Or set data.skip_unreadable: true to skip such files (they are counted and listed)."
@@ -94,23 +100,35 @@ def _check_unreadable(part: CachedPart, skip_unreadable: bool) -> CachedPart:
 
 def _open(folder: Path, meta: dict) -> CachedPart:
     images = np.load(folder / "images.npy", mmap_mode="r")
-    return CachedPart(images, np.asarray(meta["labels"], dtype=np.int64), tuple(meta["ids"]),
-                      tuple(meta["unreadable"]), folder)
+    return CachedPart(
+        images,
+        np.asarray(meta["labels"], dtype=np.int64),
+        tuple(meta["ids"]),
+        tuple(meta["unreadable"]),
+        folder,
+    )
 
 
 def _build(
-    manifest: Manifest, part: str, size: int, folder: Path, key: str, workers: int,
+    manifest: Manifest,
+    part: str,
+    size: int,
+    folder: Path,
+    key: str,
+    workers: int,
     skip_unreadable: bool,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> CachedPart:
     samples = manifest.part(part)
     log.info("caching %s/%s: %d images at %d px", manifest.name, part, len(samples), size)
-    jobs = [(str(manifest.data_root / s.relpath), size) for s in samples]
+    jobs = [(str(manifest.data_root / s.relpath), size, max_pixels) for s in samples]
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        arr = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                        shape=(len(samples), size, size))
+        arr = np.lib.format.open_memmap(
+            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(len(samples), size, size)
+        )
         keep: list[int] = []
         bad: list[str] = []
         if workers > 0 and len(jobs) > 1:
@@ -120,8 +138,9 @@ def _build(
         else:
             _collect(map(_decode, jobs), arr, keep, bad, skip_unreadable)
         if len(keep) < len(samples):
-            compact = np.lib.format.open_memmap(tmp / "kept.npy", mode="w+", dtype=np.uint8,
-                                                shape=(len(keep), size, size))
+            compact = np.lib.format.open_memmap(
+                tmp / "kept.npy", mode="w+", dtype=np.uint8, shape=(len(keep), size, size)
+            )
             compact[:] = arr[: len(keep)]
             compact.flush()
             del arr, compact
@@ -132,10 +151,14 @@ def _build(
         if not keep:
             raise DatasetError(f"{manifest.name}/{part}: no readable images")
         meta = {
-            "version": CACHE_VERSION, "key": key, "size": size, "manifest": manifest.name,
+            "version": CACHE_VERSION,
+            "key": key,
+            "size": size,
+            "manifest": manifest.name,
             "part": part,
             "ids": [samples[i].image_id for i in keep],
-            "labels": [samples[i].label for i in keep], "unreadable": bad,
+            "labels": [samples[i].label for i in keep],
+            "unreadable": bad,
         }
         (tmp / "unreadable.txt").write_text("".join(f"{b}\n" for b in bad))
         (tmp / "meta.json").write_text(json.dumps(meta))
@@ -145,8 +168,13 @@ def _build(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if bad:
-        log.warning("%s/%s: skipped %d unreadable image(s), listed in %s",
-                    manifest.name, part, len(bad), folder / "unreadable.txt")
+        log.warning(
+            "%s/%s: skipped %d unreadable image(s), listed in %s",
+            manifest.name,
+            part,
+            len(bad),
+            folder / "unreadable.txt",
+        )
     return _open(folder, meta)
 
 

@@ -11,9 +11,21 @@ CSV_NAMES = ("Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv")
 REQUIRED_COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
 FINDINGS = frozenset(
     {
-        "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion", "Emphysema",
-        "Fibrosis", "Hernia", "Infiltration", "Mass", "Nodule", "Pleural_Thickening",
-        "Pneumonia", "Pneumothorax", "No Finding",
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Effusion",
+        "Emphysema",
+        "Fibrosis",
+        "Hernia",
+        "Infiltration",
+        "Mass",
+        "Nodule",
+        "Pleural_Thickening",
+        "Pneumonia",
+        "Pneumothorax",
+        "No Finding",
     }
 )
 
@@ -49,8 +61,7 @@ def pneumonia_label(findings: str, where: str) -> int:
     unknown = [t for t in labels if t not in FINDINGS]
     if unknown:
         raise DatasetError(
-            f"{where}: unknown value(s) {unknown} in column 'Finding Labels'; "
-            f"known: {sorted(FINDINGS)}"
+            f"{where}: unknown value(s) {unknown} in column 'Finding Labels'; known: {sorted(FINDINGS)}"
         )
     return int("Pneumonia" in labels)
 
@@ -61,9 +72,7 @@ def read_nih(root: Path, allow_missing: bool = False) -> DatasetIndex:
     rows = read_csv_rows(csv_path, REQUIRED_COLUMNS)
     images = index_images(root)
     if not images:
-        raise DatasetError(
-            f"{root}: no PNG images in images/ or images_0XX/images/; check the dataset root"
-        )
+        raise DatasetError(f"{root}: no PNG images in images/ or images_0XX/images/; check the dataset root")
     samples: list[Sample] = []
     missing: list[str] = []
     for i, row in enumerate(rows, start=2):

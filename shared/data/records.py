@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,17 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]
     """Read a CSV with a header; a missing required column is an error naming it."""
     if not path.is_file():
         raise DatasetError(f"{path}: CSV not found; check the dataset root in the config")
-    with path.open(newline="", encoding="utf-8-sig") as fh:
+    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{path}:{line}: byte 0x{raw[e.start]:02x} is not UTF-8, the encoding this CSV must have "
+            "(the published files are plain ASCII); re-save it as UTF-8, e.g. "
+            "`iconv -f latin1 -t utf-8 IN > OUT`"
+        ) from None
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
         absent = [c for c in required if c not in header]
@@ -51,8 +62,13 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]
                 "Is this the right file for this dataset?"
             )
         rows = []
-        for row in reader:
-            rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items() if k})
+        try:
+            for row in reader:
+                rows.append({(k or "").strip(): (v or "").strip() for k, v in row.items() if k})
+        except csv.Error as e:
+            raise DatasetError(
+                f"{path}:{reader.line_num}: not a readable CSV row ({e}); fix the file"
+            ) from None
         return rows
 
 

@@ -26,9 +26,7 @@ def collapse_labels(rows: list[dict[str, str]], csv_path: Path) -> dict[str, int
             )
         value = int(target)
         if pid in labels and labels[pid] != value:
-            raise DatasetError(
-                f"{csv_path}:{i}: patient {pid} has both Target 0 and 1 rows; fix the CSV"
-            )
+            raise DatasetError(f"{csv_path}:{i}: patient {pid} has both Target 0 and 1 rows; fix the CSV")
         labels[pid] = value
     return labels
 
@@ -47,8 +45,7 @@ def check_classes(root: Path, labels: dict[str, int]) -> None:
         pid = row["patientId"]
         if pid in labels and labels[pid] != CLASSES[cls]:
             raise DatasetError(
-                f"{path}:{i}: class {cls!r} for {pid} contradicts Target={labels[pid]} in "
-                f"{LABELS_CSV}"
+                f"{path}:{i}: class {cls!r} for {pid} contradicts Target={labels[pid]} in {LABELS_CSV}"
             )
 
 
@@ -69,6 +66,4 @@ def read_rsna(root: Path, allow_missing: bool = False) -> DatasetIndex:
             missing.append(f"{IMAGE_DIR}/{pid}.dcm")
             continue
         samples.append(Sample(pid, f"rsna:{pid}", f"{IMAGE_DIR}/{pid}.dcm", label))
-    return DatasetIndex(
-        "rsna", root, tuple(samples), handle_missing("RSNA", root, missing, allow_missing)
-    )
+    return DatasetIndex("rsna", root, tuple(samples), handle_missing("RSNA", root, missing, allow_missing))

@@ -1,100 +1,46 @@
-"""Patient-level, label-stratified split of each dataset into per-site shards and a test set.
+"""Patient-level, label-stratified split of each dataset into per-site shards, a test set
+and, optionally, a public split.
 
 Each site gets one manifest file (its train and val parts) so that a site's client needs
 only that file and its own data root. Each dataset gets a test manifest that no site
-trains on: the attack set.
+trains on (the attack set) and, with data.split.public_fraction, a public manifest that
+no site and no test set holds (the outsider's training data). Radiographs shared between
+datasets are kept out of the test and public sets (shared.data.leakage); the split writes
+that report (overlap.json) and its fingerprint (fingerprint.json) beside the manifests.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from shared.config import DataConfig, SplitConfig
-from shared.data.records import DatasetIndex, Sample
+from shared.data.fingerprint import MANIFEST_PREFIXES, write_fingerprint
+from shared.data.leakage import (
+    HELD_OUT,
+    find_links,
+    keep_twins_apart,
+    linked_groups,
+    patients_of,
+    pin_groups,
+    summary,
+    write_report,
+)
+from shared.data.manifest import MANIFEST_VERSION as MANIFEST_VERSION
+from shared.data.manifest import Manifest as Manifest
+from shared.data.manifest import load_manifest as load_manifest
+from shared.data.manifest import public_manifest_path as public_manifest_path
+from shared.data.manifest import site_manifest_path as site_manifest_path
+from shared.data.manifest import test_manifest_path as test_manifest_path
+from shared.data.records import Sample
 from shared.data.sources import read_dataset
-from shared.errors import DatasetError, SplitError
-from shared.io import atomic_write
+from shared.errors import SplitError
 
 log = logging.getLogger(__name__)
-MANIFEST_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A site shard (parts train/val) or a test set (part test), with its data root."""
-
-    name: str  # "site_A" or "test_nih"
-    dataset: str
-    kind: str
-    data_root: Path
-    parts: dict[str, tuple[Sample, ...]]
-    skipped: tuple[str, ...] = ()
-
-    def part(self, name: str) -> tuple[Sample, ...]:
-        try:
-            return self.parts[name]
-        except KeyError:
-            raise DatasetError(
-                f"manifest {self.name}: no part {name!r}; has {sorted(self.parts)}"
-            ) from None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "version": MANIFEST_VERSION,
-            "name": self.name,
-            "dataset": self.dataset,
-            "kind": self.kind,
-            "data_root": str(self.data_root),
-            "parts": {k: [s.to_row() for s in v] for k, v in self.parts.items()},
-            "skipped": list(self.skipped),
-            "counts": {
-                k: {"images": len(v), "positives": sum(s.label for s in v),
-                    "patients": len({s.patient_id for s in v})}
-                for k, v in self.parts.items()
-            },
-        }
-
-    def save(self, path: Path) -> None:
-        atomic_write(path, json.dumps(self.to_json(), indent=1))
-
-
-def load_manifest(path: Path, data_root: Path | None = None) -> Manifest:
-    """Load a manifest; `data_root` overrides the recorded root (a site's own mount)."""
-    try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DatasetError(
-            f"{path}: manifest not found; run `fedattack data split --config CFG` first"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: manifest is not valid JSON ({e})") from None
-    try:
-        if raw["version"] != MANIFEST_VERSION:
-            raise DatasetError(f"{path}: manifest version {raw['version']} unsupported")
-        parts = {k: tuple(Sample.from_row(r) for r in v) for k, v in raw["parts"].items()}
-        return Manifest(
-            name=raw["name"], dataset=raw["dataset"], kind=raw["kind"],
-            data_root=Path(data_root) if data_root else Path(raw["data_root"]),
-            parts=parts, skipped=tuple(raw.get("skipped", ())),
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise DatasetError(f"{path}: malformed manifest ({e!r}); regenerate it") from None
-
-
-def site_manifest_path(splits_dir: Path, site: str) -> Path:
-    return splits_dir / f"site_{site}.json"
-
-
-def test_manifest_path(splits_dir: Path, dataset: str) -> Path:
-    return splits_dir / f"test_{dataset}.json"
 
 
 def _rng(seed: int, name: str) -> np.random.Generator:
@@ -103,9 +49,17 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 
 
 def split_patients(
-    samples: tuple[Sample, ...], sites: tuple[str, ...], cfg: SplitConfig, seed: int, name: str
+    samples: tuple[Sample, ...],
+    sites: tuple[str, ...],
+    cfg: SplitConfig,
+    seed: int,
+    name: str,
+    pinned: dict[str, str] | None = None,
 ) -> dict[str, dict[str, list[Sample]]]:
-    """Assign whole patients to test or to a site's train/val, stratified by patient label."""
+    """Assign whole patients to test, public (train/val) or a site's train/val, stratified by
+    patient label. `pinned` patients ("test", "public" or "site") go where they are pinned and
+    free ones fill the rest of each quota; without pins and a public fraction the split is
+    the one it always was."""
     by_patient: dict[str, list[Sample]] = defaultdict(list)
     for s in samples:
         by_patient[s.patient_id].append(s)
@@ -122,18 +76,32 @@ def split_patients(
                 keep = max(1, round(len(strata[label]) * cfg.max_patients / total))
                 strata[label] = strata[label][:keep]
     out: dict[str, dict[str, list[Sample]]] = {"test": {"test": []}}
-    out.update({s: {"train": [], "val": []} for s in sites})
+    groups = [*(["public"] if cfg.public_fraction > 0 else []), *sites]
+    out.update({g: {"train": [], "val": []} for g in groups})
     for pids in strata.values():
-        n_test = round(len(pids) * cfg.test_fraction)
-        for pid in pids[:n_test]:
+        test, public, rest = _held_out(pids, pinned or {}, cfg)
+        for pid in test:
             out["test"]["test"].extend(by_patient[pid])
-        rest = pids[n_test:]
-        for i, site in enumerate(sites):
-            chunk = rest[i :: len(sites)]
+        chunks = {"public": public} if public else {}
+        chunks.update({site: rest[i :: len(sites)] for i, site in enumerate(sites)})
+        for group, chunk in chunks.items():
             n_val = round(len(chunk) * cfg.val_fraction)
             for j, pid in enumerate(chunk):
-                out[site]["val" if j < n_val else "train"].extend(by_patient[pid])
+                out[group]["val" if j < n_val else "train"].extend(by_patient[pid])
     return out
+
+
+def _held_out(pids: list[str], pinned: dict[str, str], cfg: SplitConfig) -> tuple[list[str], ...]:
+    """(test, public, rest) of one stratum, in its order: the patients pinned to a side, then
+    free ones up to the side's quota."""
+    sides: dict[str, list[str]] = {side: [p for p in pids if pinned.get(p) == side] for side in HELD_OUT}
+    free = [p for p in pids if p not in pinned]
+    for side, fraction in (("test", cfg.test_fraction), ("public", cfg.public_fraction)):
+        k = max(0, round(len(pids) * fraction) - len(sides[side]))
+        taken = set(sides[side]) | set(free[:k])
+        sides[side], free = [p for p in pids if p in taken], free[k:]
+    held = set(sides["test"]) | set(sides["public"])
+    return sides["test"], sides["public"], [p for p in pids if p not in held]
 
 
 def balance(part: list[Sample], positive_fraction: float, rng: np.random.Generator) -> list[Sample]:
@@ -147,41 +115,66 @@ def balance(part: list[Sample], positive_fraction: float, rng: np.random.Generat
     return sorted(pos + [neg[i] for i in keep], key=lambda s: s.image_id)
 
 
-def _check_nonempty(site: str, dataset: str, parts: dict[str, list[Sample]]) -> None:
+def _check_nonempty(shard: str, dataset: str, parts: dict[str, list[Sample]]) -> None:
     for part, samples in parts.items():
         labels = {s.label for s in samples}
         if labels != {0, 1}:
             what = "is empty" if not samples else f"has only label {labels.pop()}"
             raise SplitError(
-                f"site {site} ({dataset}) part {part!r} {what} after the split; "
-                "add patients, lower data.split.max_patients' cap, or give the dataset fewer sites"
+                f"{shard} ({dataset}) part {part!r} {what} after the split; add patients, lower "
+                "data.split.max_patients' cap, give the dataset fewer sites or change data.split's fractions"
             )
 
 
+def _manifest_of(group: str, dataset: str, out_dir: Path) -> tuple[str, Path]:
+    if group == "test":
+        return f"test_{dataset}", test_manifest_path(out_dir, dataset)
+    if group == "public":
+        return f"public_{dataset}", public_manifest_path(out_dir, dataset)
+    return f"site_{group}", site_manifest_path(out_dir, group)
+
+
 def make_splits(data: DataConfig, seed: int, out_dir: Path) -> dict[str, Path]:
-    """Read every dataset, split it, write the site and test manifests; return their paths."""
-    written: dict[str, Path] = {}
-    for name, ds in data.datasets.items():
-        index: DatasetIndex = read_dataset(ds.kind, ds.root, data.skip_unreadable)
+    """Read every dataset, split it, keep cross-dataset twins out of the held-out sets, write
+    the site, test and public manifests, overlap.json and fingerprint.json; return the
+    manifests' paths."""
+    indices = {n: read_dataset(ds.kind, ds.root, data.skip_unreadable) for n, ds in data.datasets.items()}
+    for name, index in indices.items():
         if not index.samples:
-            raise SplitError(f"dataset {name} at {ds.root}: no usable images")
-        groups = split_patients(index.samples, ds.sites, data.split, seed, name)
+            raise SplitError(f"dataset {name} at {index.root}: no usable images")
+    links, info = find_links(data, indices, out_dir)
+    linked = linked_groups(patients_of(indices, links), links)
+    pins = pin_groups(linked, data.split, seed)
+    placed: dict[str, dict[str, dict[str, list[Sample]]]] = {}
+    for name, ds in data.datasets.items():
+        groups = split_patients(indices[name].samples, ds.sites, data.split, seed, name, pins[name])
+        placed[name] = groups
         rng = _rng(seed, f"{name}:balance")
         for site in ds.sites:
-            parts = groups[site]
-            if data.split.balance_positive_fraction is not None:
-                parts["train"] = balance(parts["train"], data.split.balance_positive_fraction, rng)
-            _check_nonempty(site, name, parts)
-            m = Manifest(f"site_{site}", name, ds.kind, ds.root,
-                         {k: tuple(v) for k, v in parts.items()}, index.missing)
-            path = site_manifest_path(out_dir, site)
-            m.save(path)
-            written[f"site_{site}"] = path
-        _check_nonempty("test", name, groups["test"])
-        test = Manifest(f"test_{name}", name, ds.kind, ds.root,
-                        {"test": tuple(groups["test"]["test"])}, index.missing)
-        path = test_manifest_path(out_dir, name)
-        test.save(path)
-        written[f"test_{name}"] = path
+            if (fraction := data.split.balance_positive_fraction) is not None:
+                groups[site]["train"] = balance(groups[site]["train"], fraction, rng)
+            _check_nonempty(f"site {site}", name, groups[site])
+    pinned = Counter(pins[ds][p] for ds, p in map(min, linked))
+    report = {**info, "pinned": dict(sorted(pinned.items())), **keep_twins_apart(placed, indices, links)}
+    for name, groups in placed.items():  # every held-out set keeps both labels, or nothing is written
+        for group in HELD_OUT:
+            if group in groups:
+                _check_nonempty(f"{group} set", name, groups[group])
+    written: dict[str, Path] = {}
+    for name, ds in data.datasets.items():
+        index = indices[name]
+        for group, parts in placed[name].items():
+            mname, path = _manifest_of(group, name, out_dir)
+            Manifest(
+                mname, name, ds.kind, ds.root, {k: tuple(v) for k, v in parts.items()}, index.missing
+            ).save(path)
+            written[mname] = path
         log.info("split %s: %d images, %d skipped", name, len(index.samples), len(index.missing))
+    for stale in Path(out_dir).glob("*.json"):  # manifests of an earlier split (other sites, no public)
+        if stale.stem.startswith(MANIFEST_PREFIXES) and stale.stem not in written:
+            stale.unlink()
+            log.info("removed %s: not part of this split", stale)
+    write_report(out_dir, report)
+    write_fingerprint(out_dir)
+    log.info("%s (details: %s)", summary(report), Path(out_dir) / "overlap.json")
     return written
