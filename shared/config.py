@@ -27,6 +27,18 @@ from shared.errors import ConfigError
 from shared.io import atomic_write
 from shared.typedyaml import build, plain, set_dotted
 
+
+def check_arch_names(names: tuple[str, ...], key: str) -> None:
+    """Every name must be a timm model name: a typo fails at config load, not in a site."""
+    import timm  # only here: a second to import, and the config's users all need it soon
+
+    for name in names:
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name[:5]}*")[:5]
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise ValueError(f"{key}: {name!r} is not a timm model name{hint}")
+
+
 # The data classes live in shared.dataconfig; they are re-exported here.
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -160,12 +172,11 @@ class ExperimentConfig:
     synth: SynthConfig = field(default_factory=SynthConfig)
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.training.per_arch) - set(self.federation.architectures))
-        if unknown:
-            raise ValueError(
-                f"training.per_arch: {unknown[0]!r} is not in federation.architectures "
-                f"{list(self.federation.architectures)}"
-            )
+        # per_arch and pretrained may name architectures this run leaves out (a config
+        # narrowed with an override keeps working); every name must be a timm model
+        check_arch_names(self.federation.architectures, "federation.architectures")
+        check_arch_names(tuple(self.training.per_arch), "training.per_arch")
+        check_arch_names(tuple(self.training.pretrained), "training.pretrained")
         if len(self.data.sites) < self.federation.min_sites:
             raise ValueError(
                 f"federation.min_sites: {self.federation.min_sites} exceeds the "

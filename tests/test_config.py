@@ -45,6 +45,11 @@ def _write(tmp_path: Path, mutate) -> Path:
         (lambda r: r["data"]["datasets"]["rsna"].update(sites=["B", "C"]), "already belongs"),
         (lambda r: r["federation"].update(architectures="resnet50"), "must be a list"),
         (lambda r: r["data"].update(skip_unreadable=1), "true or false"),
+        (
+            lambda r: r["federation"].update(architectures=["resnet50", "densenet12"]),
+            "federation.architectures: 'densenet12' is not a timm model name; close names: densenet121",
+        ),
+        (lambda r: r["training"].update(per_arch={"inceptionv3": {}}), "training.per_arch: 'inceptionv3'"),
     ],
 )
 def test_bad_keys_are_errors_naming_key_and_file(tmp_path: Path, mutate, needle: str) -> None:
