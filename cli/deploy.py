@@ -99,6 +99,20 @@ def _deploy_serve_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_wheelhouse(args: argparse.Namespace) -> int:
+    from deploy.docker.wheelhouse import DEFAULT_DIR, check_wheelhouse, make_wheelhouse
+
+    out = Path(args.out) if args.out else DEFAULT_DIR
+    if args.check:
+        check_wheelhouse(out)
+        print(f"wheelhouse {out}: complete")
+        return 0
+    wheels = make_wheelhouse(out)
+    size = sum(w.stat().st_size for w in wheels) / 2**30
+    print(f"wheelhouse {out}: {len(wheels)} wheels, {size:.1f} GiB, complete")
+    return 0
+
+
 def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     """The `deploy` subcommand and its own subcommands."""
     dep = sub.add_parser("deploy", help="networked deployment: credentials, SuperLink, SuperNodes, runs")
@@ -195,3 +209,13 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     v.add_argument("--port", type=int, default=8443)
     v.set_defaults(func=_deploy_serve_store)
+
+    w = dsub.add_parser(
+        "wheelhouse",
+        help="every wheel the image needs, for `docker build` with no network (air-gapped hosts)",
+    )
+    w.add_argument(
+        "--out", default=None, help="folder (default: deploy/docker/wheelhouse, where the build looks)"
+    )
+    w.add_argument("--check", action="store_true", help="only check that --out is complete")
+    w.set_defaults(func=_deploy_wheelhouse)

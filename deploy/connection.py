@@ -5,6 +5,7 @@ and the few `flwr` commands this project needs."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,19 @@ from shared.runconfig import format_run_config
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 NAME = "target"
+
+
+def app_dir() -> Path:
+    """The Flower app `flwr run` packs: FEDATTACK_APP_DIR (the image sets /app, a copy of
+    pyproject.toml and the app's packages) or, in a source checkout, the checkout itself
+    (an installed package's parent is site-packages, which holds no pyproject.toml)."""
+    d = Path(os.environ.get("FEDATTACK_APP_DIR") or PROJECT_DIR)
+    if not (d / "pyproject.toml").is_file():
+        raise DeploymentError(
+            f"no Flower app at {d} (no pyproject.toml): run from a source checkout or set "
+            "FEDATTACK_APP_DIR to a folder holding pyproject.toml, shared/, server/ and clients/"
+        )
+    return d
 
 
 @dataclass(frozen=True)
@@ -52,7 +66,7 @@ class Connection:
 
     def submit(self, run_config: dict) -> int:
         res = self.flwr(
-            "run", str(PROJECT_DIR), NAME, "--run-config", format_run_config(run_config), "--format", "json"
+            "run", str(app_dir()), NAME, "--run-config", format_run_config(run_config), "--format", "json"
         )
         try:
             out = json.loads(res.stdout)

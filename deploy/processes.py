@@ -153,23 +153,29 @@ class ProcessGroup:
     def stop(self, timeout: float = 20.0) -> None:
         """SIGTERM every group, wait, then SIGKILL what is left, descendants included
         (Flower's ServerApp process starts a session of its own)."""
-        family = {d for m in self.procs for d in descendants(m.proc.pid)}
+        # PIDs are reused: a process is signalled only while it is provably the one we
+        # started or saw (an unreaped leader holds its PID; others are matched by start time)
+        family = {d: started_at(d) for m in self.procs for d in descendants(m.proc.pid)}
         for m in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(m.proc.pid, signal.SIGTERM)
+            if m.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(m.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for m in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 m.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        # The group may hold children (superexec) even after the leader is gone.
+        # The group may hold children (superexec) even after the leader is gone; a group
+        # whose leader is reaped is left to the token sweep below.
         for m in self.procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(m.proc.pid, signal.SIGKILL)
+            if m.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(m.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 m.proc.wait(timeout=5)
-        for pid in family:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        for pid, start in family.items():
+            if start is not None and started_at(pid) == start:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         watchdog.sweep(self.token)  # descendants that left the tree (reparented to PID 1)
         self.procs.clear()
         if self._watchdog is not None:
@@ -179,6 +185,15 @@ class ProcessGroup:
         if self._spawner is not None:
             self._spawner.shutdown()
             self._spawner = None
+
+
+def started_at(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None when it is gone): with
+    the PID, it names one process, never a later one that reuses the PID."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def descendants(pid: int) -> set[int]:

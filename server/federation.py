@@ -84,7 +84,7 @@ class Federation:
         except Exception as e:
             self.events.write("run-failed", arch=run.arch, reason=f"{type(e).__name__}: {e}")
             raise
-        complete = self.store.mark_complete(list(run.architectures), list(run.sites))
+        complete = self.store.mark_complete(list(run.architectures), list(run.sites), run.min_sites)
         self.events.write("run-done", arch=run.arch, store_complete=complete)
         plot_metrics(self.store.events_path, self.store.plot_path)
 

@@ -200,15 +200,23 @@ class CheckpointStore:
             self._write_manifest(m)
             return entry
 
-    def mark_complete(self, architectures: list[str], sites: list[str]) -> bool:
-        """Set `complete` when every arch has its global and one local per site."""
+    def mark_complete(self, architectures: list[str], sites: list[str], min_sites: int | None = None) -> bool:
+        """Set `complete` when every arch has its global and a local model from at least
+        `min_sites` sites (default: every site), as the federation's own quorum allowed.
+        Missing locals are listed in the manifest (`missing`)."""
+        quorum = len(sites) if min_sites is None else min_sites
         with self._locked():
             m = self.read_manifest()
             have = {(e["arch"], e["kind"], e["site"]) for e in m["models"]}
-            need: set[tuple[str, str, str | None]] = {(a, "global", None) for a in architectures}
-            need |= {(a, "local", s) for a in architectures for s in sites}
-            m["complete"] = need <= have
-            m["expected"] = {"architectures": architectures, "sites": sites}
+            missing = [f"{a}-global" for a in architectures if (a, "global", None) not in have]
+            enough = True
+            for a in architectures:
+                absent = [s for s in sites if (a, "local", s) not in have]
+                missing += [f"{a}-local-{s}" for s in absent]
+                enough &= len(sites) - len(absent) >= quorum
+            m["complete"] = enough and not any(x.endswith("-global") for x in missing)
+            m["missing"] = missing
+            m["expected"] = {"architectures": architectures, "sites": sites, "min_sites": quorum}
             self._write_manifest(m)
             return bool(m["complete"])
 
@@ -218,8 +226,11 @@ class CheckpointStore:
 
     def check_complete(self) -> None:
         """Raise unless the store is complete (after all runs of a study)."""
-        if not self.is_complete():
-            raise CheckpointError(f"{self.root}: the store is incomplete after all runs")
+        m = self.read_manifest()
+        if not m.get("complete"):
+            missing = m.get("missing") or []
+            named = f" (missing: {', '.join(missing)})" if missing else ""
+            raise CheckpointError(f"{self.root}: the store is incomplete after all runs{named}")
 
     def last_round(self, arch: str) -> dict[str, Any] | None:
         """The latest stored round of `arch`, if any."""

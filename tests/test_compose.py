@@ -91,5 +91,55 @@ def test_dockerfile_builds_from_project_files_as_non_root() -> None:
     for line in text.splitlines():
         if line.startswith("COPY"):
             src = line.split()[1:-1]
-            assert all((REPO / s.rstrip("/")).exists() for s in src), line
-    assert "USER fedattack" in text and "torch==2.14.1" in text
+            assert all(list(REPO.glob(s.rstrip("/"))) for s in src), line
+    assert "USER fedattack" in text and "ARG BASE=python:3.11-slim-bookworm" in text
+    assert "FROM ${BASE}" in text and "/opt/venv" in text and "FLWR_DISABLE_UPDATE_CHECK=1" in text
+    # the wheelhouse reaches the build as a bind mount (no layer); the image never copies it
+    assert "--mount=type=bind,source=deploy/docker/wheelhouse" in text
+    assert not any(ln.startswith("COPY") and "wheelhouse" in ln for ln in text.splitlines())
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "runs", "data"} <= set(ignored)
+
+
+def test_the_project_pins_what_the_image_installs() -> None:
+    from deploy.docker.wheelhouse import requirements
+
+    reqs = requirements()
+    assert "torch==2.14.1" in reqs and "torchvision==0.29.1" in reqs and "setuptools>=68" in reqs
+
+
+def test_an_incomplete_wheelhouse_is_named_before_any_build(tmp_path) -> None:
+    from deploy.docker.wheelhouse import check_wheelhouse
+    from shared.errors import DeploymentError
+
+    with pytest.raises(DeploymentError, match=r"holds no wheels.*fedattack deploy wheelhouse"):
+        check_wheelhouse(tmp_path)
+    (tmp_path / "six-1.16.0-py2.py3-none-any.whl").write_bytes(b"")
+    with pytest.raises(DeploymentError, match=r"incomplete .*flwr"):
+        check_wheelhouse(tmp_path)
+
+
+def test_the_job_packs_the_app_from_fedattack_app_dir(tmp_path, monkeypatch) -> None:
+    from deploy.connection import PROJECT_DIR, app_dir
+    from shared.errors import DeploymentError
+
+    monkeypatch.delenv("FEDATTACK_APP_DIR", raising=False)
+    assert app_dir() == PROJECT_DIR  # a source checkout
+    monkeypatch.setenv("FEDATTACK_APP_DIR", str(tmp_path))
+    with pytest.raises(DeploymentError, match=r"no pyproject.toml.*FEDATTACK_APP_DIR"):
+        app_dir()
+    (tmp_path / "pyproject.toml").write_text("")
+    assert app_dir() == tmp_path
+
+
+def test_build_script_names_a_missing_engine_and_base(tmp_path) -> None:
+    fake = tmp_path / "docker"
+    fake.write_text('#!/bin/sh\n[ "$1" = info ] && exit 0\nexit 1\n')
+    fake.chmod(0o755)
+    script = str(REPO / "deploy" / "docker" / "build-image.sh")
+    res = subprocess.run([script, "--base", "nope:1"], env={**os.environ, "DOCKER": "/bin/false"},
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode != 0 and "no Docker engine answers" in res.stderr
+    res = subprocess.run([script, "--base", "nope:1"], env={**os.environ, "DOCKER": str(fake)},
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode != 0 and "base image nope:1" in res.stderr and "base-image.sh" in res.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoint import ModelEntry, encode_state
+from shared.checkpoint import InputSpec, ModelEntry, encode_state
 from shared.errors import CheckpointError
 from shared.models import build_model
 from shared.store import CheckpointStore
@@ -88,3 +88,18 @@ def test_same_weights_give_the_same_file_bytes(tmp_path: Path) -> None:
         encode_state(state, {"arch": "resnet18", "input": {"size": 48}, "zz": 1, "a": 2}) for _ in range(6)
     }
     assert len(files) == 1
+
+
+def test_a_quorum_of_sites_completes_the_store_and_names_the_missing(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "s")
+    state = {"w": torch.zeros(2)}
+    kw = {"arch": "r", "input": InputSpec(32, 1, (0.5,), (0.25,)), "metrics": {}}
+    store.save_model(state, name="r-global", kind="global", site=None, round=1, **kw)
+    for site in "ABC":
+        store.save_model(state, name=f"r-local-{site}", kind="local", site=site, round=2, **kw)
+    assert store.mark_complete(["r"], ["A", "B", "C", "D"]) is False
+    with pytest.raises(CheckpointError, match="missing: r-local-D"):
+        store.check_complete()
+    assert store.mark_complete(["r"], ["A", "B", "C", "D"], min_sites=3) is True
+    assert store.read_manifest()["missing"] == ["r-local-D"]
+    store.check_complete()
