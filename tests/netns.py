@@ -8,6 +8,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 
 
@@ -18,6 +19,16 @@ def netns_unavailable() -> str | None:
     if shutil.which("ip") is None:
         return "needs iproute2's `ip`"
     return None
+
+
+def forward_policy() -> str:
+    """The iptables FORWARD chain's policy, or why it cannot be read."""
+    try:
+        out = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"unknown ({e})"
+    first = out.stdout.splitlines()[:1]
+    return first[0].removeprefix("-P FORWARD ") if first else f"unknown ({out.stderr.strip()})"
 
 
 def _ip(*args: str) -> None:
@@ -62,6 +73,44 @@ class Network:
     def run_in(self, host: str, cmd: list[str]) -> list[str]:
         """`cmd` run inside `host`'s namespace."""
         return ["ip", "netns", "exec", self.hosts[host], *cmd]
+
+    def check_links(self, server: str, server_ip: str, timeout: float = 10.0) -> None:
+        """Fail fast, naming the cause, when the hosts cannot reach `server` over the bridge
+        (a dockerd started without --iptables=false sets the iptables FORWARD policy to DROP
+        and loads br_netfilter, which then drops bridged traffic: SuperNodes would hang in
+        SYN-SENT instead of failing)."""
+        port = 47000 + os.getpid() % 1000
+        listen = (
+            "import socket,sys; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1);"
+            f"s.bind(('{server_ip}', {port})); s.listen(16); s.settimeout({timeout + 5});"
+            f"[s.accept() for _ in range({len(self.hosts) - 1})]"
+        )
+        listener = subprocess.Popen(self.run_in(server, [sys.executable, "-c", listen]))
+        try:
+            dial = (
+                "import socket,time; d=time.monotonic()+" + str(timeout) + "\n"
+                "while True:\n"
+                "    try:\n"
+                f"        socket.create_connection(('{server_ip}', {port}), timeout=2).close(); break\n"
+                "    except OSError:\n"
+                "        if time.monotonic() > d: raise\n"
+                "        time.sleep(0.2)\n"
+            )
+            for host in self.hosts:
+                if host == server:
+                    continue
+                res = subprocess.run(
+                    self.run_in(host, [sys.executable, "-c", dial]), capture_output=True, text=True
+                )
+                if res.returncode != 0:
+                    raise AssertionError(
+                        f"host {host} cannot reach {server} ({server_ip}) over the test bridge within "
+                        f"{timeout:.0f} s; iptables FORWARD: {forward_policy()} (a dockerd running "
+                        "without --iptables=false drops bridged traffic; restart it with that flag)"
+                    )
+        finally:
+            listener.kill()
+            listener.wait()
 
     def __exit__(self, *exc: object) -> None:
         for ns in self.hosts.values():

@@ -105,6 +105,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
         link_ip, alt_ip = net.add_host("link", 1, 2)  # alt_ip: not in the certificate
         for i, site in enumerate(SITES):
             net.add_host(f"site-{site.lower()}", 11 + i)
+        net.check_links("link", link_ip)  # within seconds, naming the cause, not a 14-minute hang
         cmd = {name: mapped(svc["command"], paths, link_ip) for name, svc in services.items()}
         ran: dict[str, subprocess.CompletedProcess | None] = {}
         try:
