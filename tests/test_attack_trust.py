@@ -18,6 +18,7 @@ from shared.checkpoint import ModelEntry, verify_file
 from shared.errors import CheckpointError
 from shared.models import build_model
 from shared.store import CheckpointStore
+from tests.cli_helpers import refused
 from tests.conftest import REPO, write_config
 
 SIZE = 48
@@ -74,17 +75,6 @@ def attack(cfg: Path, store: Path, out: Path, *extra: str) -> subprocess.Complet
         timeout=600,
         cwd=REPO,
     )
-
-
-def refused(res: subprocess.CompletedProcess, *needles: str) -> str:
-    text = res.stdout + res.stderr
-    assert res.returncode == 2, f"rc {res.returncode}\n{text[-3000:]}"
-    assert "Traceback" not in text, text[-3000:]
-    last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), res.stderr[-2000:]
-    for n in needles:
-        assert n in last, f"{n!r} not in {last!r}"
-    return last
 
 
 def test_the_file_describes_itself_and_the_manifest_must_agree(store: Path) -> None:

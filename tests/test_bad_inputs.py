@@ -8,7 +8,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tracemalloc
 import zlib
 from collections.abc import Iterator
@@ -25,34 +24,9 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 from shared.config import load_config
 from shared.data.images import read_dicom, read_image
 from shared.errors import ConfigError, ImageReadError
-from tests.conftest import REPO, write_config
+from tests.cli_helpers import fedattack, refused
+from tests.conftest import write_config
 from tests.test_readers import _raw_dicom
-
-BIN = Path(sys.executable).parent
-
-
-def fedattack(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "fedattack"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def refused(res: subprocess.CompletedProcess, *needles: str) -> str:
-    """Exit code 2, one `error:` line holding every needle, no traceback anywhere."""
-    text = res.stdout + res.stderr
-    assert res.returncode == 2, f"rc {res.returncode}\n{text[-3000:]}"
-    assert "Traceback" not in text, text[-3000:]
-    last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: "), res.stderr[-2000:]
-    for n in needles:
-        assert n in last, f"{n!r} not in {last!r}"
-    return last
-
 
 # --- images -------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,20 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from deploy.checks import load_cert, sans_of
 from deploy.credentials import make_credentials, make_server_cert
-from tests.conftest import REPO
-
-BIN = Path(sys.executable).parent
-
-
-def fedattack(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "fedattack"), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-    )
+from tests.cli_helpers import fedattack
 
 
 def refused(res: subprocess.CompletedProcess, *needles: str) -> None:
