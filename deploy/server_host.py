@@ -25,6 +25,7 @@ from deploy.checks import (
 from deploy.connection import Connection
 from deploy.flower import CA_CERT, SERVER_CERT, SERVER_KEY, environ, superlink_command
 from deploy.progress import ProgressPrinter, run_all
+from deploy.readable import exec_readable
 from shared.config import ExperimentConfig
 from shared.errors import CredentialsError, DeploymentError
 from shared.store import CheckpointStore
@@ -56,7 +57,7 @@ def check_superlink_inputs(credentials: Path | None, state: Path) -> None:
 
 
 def start_superlink(credentials: Path | None, state: Path, host: str, port: int) -> None:
-    """Check, then become `flower-superlink` (never returns)."""
+    """Check, then run `flower-superlink` (never returns; deploy/readable.py)."""
     check_superlink_inputs(credentials, state)
     cmd = superlink_command(Path(state) / "superlink.db", host, port, credentials)
     mode = (
@@ -66,7 +67,7 @@ def start_superlink(credentials: Path | None, state: Path, host: str, port: int)
     )
     print(f"starting the SuperLink on {host}:{port}, {mode}, state in {state}", flush=True)
     env = environ(FLWR_HOME=os.environ.get("FLWR_HOME", str(Path(state).absolute() / "flwr-home")))
-    os.execvpe(cmd[0], cmd, env)
+    exec_readable(cmd, env)
 
 
 def wait_for_superlink(address: str, ca: Path | None, timeout_s: float) -> None:

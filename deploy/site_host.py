@@ -8,6 +8,7 @@ from pathlib import Path
 
 from deploy.checks import check_node_key, probe_tls, resolve, split_address
 from deploy.flower import environ, supernode_command
+from deploy.readable import exec_readable
 from shared.data.splits import load_manifest, site_manifest_path
 from shared.errors import DatasetError, DeploymentError
 from shared.nodeconfig import NodeConfig
@@ -53,10 +54,10 @@ def start_supernode(
     port: int = 9094,
     max_retries: int | None = None,
 ) -> None:
-    """Check, then become `flower-supernode` (never returns)."""
+    """Check, then run `flower-supernode` (never returns; deploy/readable.py)."""
     probe = check_site_inputs(site, address, data, ca, key)
     cmd = supernode_command(site_node_config(site, data, device), address, port, ca, key, max_retries)
     mode = "INSECURE" if ca is None else "TLS + node authentication"
     print(f"site {site}: SuperNode for {address} ({mode}; SuperLink: {probe}); data {data}", flush=True)
     home = os.environ.get("FLWR_HOME", str(Path(data).absolute() / "flwr-home"))
-    os.execvpe(cmd[0], cmd, environ(FLWR_HOME=home))
+    exec_readable(cmd, environ(FLWR_HOME=home))

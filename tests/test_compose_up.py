@@ -103,6 +103,19 @@ def test_superlink_ran_with_tls_and_node_auth(stack) -> None:
         assert "TLS + node authentication" in st.compose("logs", "--no-color", site), site
 
 
+def test_service_logs_read_as_plain_lines(stack) -> None:
+    """What `docker compose up` shows: Flower's lines without colour escapes and without
+    the empty "INFO :" lines between them (deploy/readable.py), the job's round progress."""
+    st, _, _ = stack
+    for service in ["superlink", *SITES]:
+        log = st.compose("logs", "--no-color", service)
+        assert "\x1b[" not in log, service
+        lines = [ln.split("|", 1)[-1].strip() for ln in log.splitlines()]
+        assert not [ln for ln in lines if ln.rstrip(":").strip() in ("INFO", "WARNING")], service
+    assert "INFO: [RUN" in st.compose("logs", "--no-color", "site-a")
+    assert "round 0 done" in st.compose("logs", "--no-color", "job")
+
+
 def test_containers_run_as_non_root_and_sites_mount_only_their_volume(stack) -> None:
     st, _, _ = stack
     project = st.project

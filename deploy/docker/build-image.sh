@@ -32,4 +32,7 @@ fi
 start=$(date +%s)
 DOCKER_BUILDKIT=1 "$DOCKER" build --progress=plain --build-arg BASE="$BASE" \
   -f deploy/Dockerfile -t "$TAG" . || die "docker build failed (output above)"
+# the build this tag replaced is now an untagged image of several GB: remove it (only this
+# project's, by the Dockerfile's label) so that rebuilds do not fill the disk
+"$DOCKER" image prune -f --filter "label=org.opencontainers.image.title=fedattack" >/dev/null || true
 echo "image $TAG built in $(( $(date +%s) - start ))s: $("$DOCKER" image inspect -f '{{.Size}}' "$TAG" | awk '{printf "%.2f GB", $1/1e9}')"

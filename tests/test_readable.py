@@ -1,0 +1,78 @@
+"""Flower's output as a log reads it (deploy/readable.py): Flower's own console handler
+writes the lines, our wrapper passes them on without escapes and empty level lines, keeps
+the child's exit code and hands it SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+from deploy.readable import clean
+
+# a child that logs through Flower's own logger, as flower-supernode does
+FLOWER_CHILD = """
+import signal, sys, time
+from flwr.common.logger import log
+from logging import INFO, WARNING
+log(INFO, "")
+log(INFO, "[RUN 42]")
+log(WARNING, "site A: slow")
+if sys.argv[1] == "wait":
+    signal.signal(signal.SIGTERM, lambda *_: (log(INFO, "got SIGTERM, stopping"), sys.exit(7)))
+    log(INFO, "ready")
+    time.sleep(60)
+sys.exit(3)
+"""
+
+WRAPPER = """
+import sys
+from deploy.readable import exec_readable
+exec_readable([sys.executable, "-c", sys.argv[1], sys.argv[2]], {"PATH": "/usr/bin:/bin"})
+"""
+
+
+def test_clean_drops_escapes_and_empty_level_lines() -> None:
+    assert clean("\x1b[92mINFO \x1b[0m:      \n") is None
+    assert clean("   \n") is None
+    assert clean("\x1b[92mINFO \x1b[0m:      [RUN 42]\n") == "INFO: [RUN 42]"
+    assert clean("plain progress 3/4\n") == "plain progress 3/4"
+
+
+def _wrapper(mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, FLOWER_CHILD, mode],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_flower_lines_come_through_clean_with_the_exit_code() -> None:
+    proc = _wrapper("exit")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    lines = out.splitlines()
+    assert "\x1b" not in out
+    assert [line for line in lines if line.startswith(("INFO", "WARNING"))] == [
+        "INFO: [RUN 42]",
+        "WARNING: site A: slow",
+    ], out
+
+
+def test_sigterm_reaches_the_child() -> None:
+    proc = _wrapper("wait")
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    seen = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        seen.append(line)
+        if "ready" in line:
+            break
+    assert any("ready" in s for s in seen), seen
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=60)
+    assert "INFO: got SIGTERM, stopping" in rest
+    assert proc.returncode == 7
