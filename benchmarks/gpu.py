@@ -63,10 +63,10 @@ def main() -> None:
     print(f"        anchor: {ANCHOR}")
     models = make_models(15, args.size)
     x = attack_images(args.attack_images, args.size)
-    run_job(models, x[:64], 64, dev)  # warm-up
+    run_job(models, x[:64], 64, device=dev)  # warm-up
     _sync(dev)
     t0 = time.perf_counter()
-    run_job(models, x, 128, dev)
+    run_job(models, x, 128, device=dev)
     _sync(dev)
     t = time.perf_counter() - t0
     crafts, probes = 15 * len(x), 15 * 15 * len(x)

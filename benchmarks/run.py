@@ -8,13 +8,16 @@ printed with the raw times:
             source, one forward per probed image per target) and vs the peer
             baseline (torchattacks' FGSM per source, then a plain evaluation loop per
             source/target pair)
+  suite     every other attack of the registry (BIM, PGD, MI-FGSM, DI-FGSM, MI-DI, UAP,
+            targeted UAP) vs its own compute bound (steps x forward+backward per crafted
+            image, epochs x forward+backward per fit image, one forward per probe)
   scaling   time and peak RSS of the job for 3, 6, 9, 15 models; fit to M crafts + M^2 probes
   memory    peak RSS of the job for 15 models at 224 px
   data      warm-cache loading time per epoch / training step time; decode throughput of
             PNG and JPEG Baseline DICOM against bare Pillow / pydicom
   flower    a round's wall time / the slowest site's training time (ResNet50, loopback)
 
-    python -m benchmarks.run [--only attack,scaling,memory,data,flower] [--quick]
+    python -m benchmarks.run [--only attack,suite,scaling,memory,data,flower] [--quick]
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -37,7 +39,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("resnet50", "densenet121", "inception_v3")
-SECTIONS = ("attack", "scaling", "memory", "data", "flower")
+SECTIONS = ("attack", "suite", "scaling", "memory", "data", "flower")
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -59,9 +61,10 @@ def best_of(repeats: int, fns: dict[str, Callable[[], object]]) -> dict[str, flo
 
 
 def make_models(m: int, size: int) -> list:
-    """`m` untrained models cycling through the three architectures, their heads biased to
-    'pneumonia' so that every image is classified correctly and attacked (the full load)."""
-    from attack.transfer import LoadedModel
+    """`m` untrained models (attack.measure.Target) cycling through the three architectures,
+    their heads biased to 'pneumonia' so that every image is classified correctly and
+    attacked (the full load)."""
+    from attack.measure import Target
     from shared.models import build_model
 
     torch.manual_seed(0)
@@ -73,7 +76,7 @@ def make_models(m: int, size: int) -> list:
         with torch.no_grad():  # untrained InceptionV3's logits reach 1e6: scale the head down
             head.weight.mul_(1e-6)
             head.bias.copy_(torch.tensor([-20.0, 20.0]))
-        models.append(LoadedModel(SimpleNamespace(name=f"{arch}-{i}"), net))
+        models.append(Target(f"{arch}-{i}", arch, "local", None, net))
     return models
 
 
@@ -82,25 +85,41 @@ def attack_images(n: int, size: int) -> torch.Tensor:
     return torch.rand(n, 1, size, size, generator=g)
 
 
-def run_job(models: list, x: torch.Tensor, batch: int, device: torch.device | None = None):
-    from attack.attacks import FGSM
-    from attack.transfer import AttackSet, measure
+def suite_attack(name: str, eps: float = 0.02):
+    """A registered attack with the demo config's settings (steps, epochs, ...)."""
+    from attack.attacks import build_attack
+    from shared.config import load_config
 
-    data = AttackSet(x, tuple(str(i) for i in range(len(x))))
-    return measure(models, FGSM(0.02), data, batch, device or torch.device("cpu"), progress=False)
+    return build_attack(name, eps, load_config(REPO / "configs" / "demo.yaml").attack)
 
 
-def bound_passes(models: list, x: torch.Tensor, batch: int, attacked: dict[str, int]) -> float:
+def run_job(models: list, x: torch.Tensor, batch: int, attack=None, device: torch.device | None = None):
+    """The transfer measurement as the CLI runs it (member threat: every model a source
+    and a target), without the control; on the CPU unless `device` says otherwise."""
+    from attack.measure import AttackSet, Probe, Settings
+    from attack.threats import member_sources
+    from attack.transfer import measure
+
+    s = Settings(batch, device or torch.device("cpu"), torch.float32, 0, 0.5, control=False)
+    probe = Probe(models, AttackSet(x, tuple(f"nih/{i}" for i in range(len(x)))), s)
+    return measure(member_sources(models), attack or suite_attack("fgsm"), probe, s, progress=False)
+
+
+def bound_passes(models: list, x: torch.Tensor, batch: int, attacked: dict[str, int], attack=None) -> float:
     """Seconds of the passes no implementation can avoid, as bare loops over ready tensors,
-    for the job's actual workload (`attacked`: images each source got right and attacked):
-    one forward per image per model (the clean predictions), one backward per crafted
-    image on its source (timed as forward+backward minus forward of the same batches), one
-    forward per probed image per target."""
-    nets = {lm.entry.name: lm.model for lm in models}
+    for the job's actual workload (`attacked`: images each source crafted on and probed):
+    one forward per image per model (the clean predictions); per crafted image on its
+    source, `steps` forward+backward passes, the first forward shared with the clean pass
+    when the attack takes the clean gradient (FGSM: one backward); universal attacks:
+    `epochs` forward+backward passes over the fit images; one forward per probed image
+    per target."""
+    attack = attack or suite_attack("fgsm")
+    nets = {lm.name: lm.model for lm in models}
     for net in nets.values():
         for p in net.parameters():
             p.requires_grad_(False)
     y = torch.ones(batch, dtype=torch.long)
+    steps = getattr(attack, "steps", getattr(attack, "epochs", 1))
 
     def forwards(imgs: torch.Tensor, net) -> None:
         with torch.inference_mode():
@@ -113,14 +132,15 @@ def bound_passes(models: list, x: torch.Tensor, batch: int, attacked: dict[str, 
             torch.autograd.grad(F.cross_entropy(net(xi), y[: len(xi)]), xi)
 
     clean = sum(timed(lambda n=net: forwards(x, n)) for net in nets.values())
-    backward = sum(
-        timed(lambda k=k, n=n: forward_backward(x[: attacked[k]], n))
-        - timed(lambda k=k, n=n: forwards(x[: attacked[k]], n))
-        for k, n in nets.items()
-    )
+    craft = 0.0
+    for k, n in nets.items():
+        crafted = x[: attacked[k]] if not attack.universal else x[: len(x) - attacked[k]]
+        craft += steps * timed(lambda c=crafted, n=n: forward_backward(c, n))
+        if attack.uses_clean_gradient:  # the first step's forward is the clean pass's
+            craft -= timed(lambda c=crafted, n=n: forwards(c, n))
     probes = torch.cat([x[: attacked[name]] for name in nets])  # every source's adversarial set
     probe = sum(timed(lambda n=net: forwards(probes, n)) for net in nets.values())
-    return clean + backward + probe
+    return clean + craft + probe
 
 
 def peer_baseline(models: list, x: torch.Tensor, batch: int) -> None:
@@ -134,17 +154,17 @@ def peer_baseline(models: list, x: torch.Tensor, batch: int) -> None:
     y = torch.ones(len(x), dtype=torch.long)
     adv, correct = {}, {}
     for lm in models:
-        correct[lm.entry.name] = predict(lm.model, x) == 1
-        idx = torch.nonzero(correct[lm.entry.name]).flatten()
+        correct[lm.name] = predict(lm.model, x) == 1
+        idx = torch.nonzero(correct[lm.name]).flatten()
         atk = torchattacks.FGSM(lm.model, eps=0.02)
-        adv[lm.entry.name] = (
+        adv[lm.name] = (
             idx,
             torch.cat([atk(x[idx[i : i + batch]], y[idx[i : i + batch]]) for i in range(0, len(idx), batch)]),
         )
     for target in models:
         for _src, (idx, xa) in adv.items():
             wrong = predict(target.model, xa) != 1
-            int((correct[target.entry.name][idx] & wrong).sum())
+            int((correct[target.name][idx] & wrong).sum())
 
 
 def bench_attack(args: argparse.Namespace) -> None:
@@ -169,6 +189,34 @@ def bench_attack(args: argparse.Namespace) -> None:
     )
     print(f"  bound / job = {t['bound'] / t['job']:.3f}  (target >= 0.90)")
     print(f"  peer / job  = {t['peer'] / t['job']:.3f}  (target >= 1.00: never slower)")
+
+
+def bench_suite(args: argparse.Namespace) -> None:
+    """Every other registered attack's job against its own compute bound (same models,
+    images and run); the demo config's steps and epochs."""
+    from attack.attacks import REGISTRY
+
+    size, n, batch = args.attack_size, args.attack_images, 32
+    models = make_models(3, size)
+    x = attack_images(n, size)
+    print(
+        f"\n[suite] 3 models (one per architecture), {n} images at {size} px, batch {batch}, "
+        f"CPU, best of {args.repeats}; demo config (configs/demo.yaml)"
+    )
+    print(f"  {'attack':<13} {'passes':>18} {'job s':>7} {'bound s':>8} {'bound/job':>9}")
+    for name in [a for a in REGISTRY if a != "fgsm"]:
+        attack = suite_attack(name)
+        run_job(models, x[:batch], batch, attack)  # warm-up
+        attacked = {k: len(v) for k, v in run_job(models, x, batch, attack).attacked.items()}
+        job = bound = float("inf")
+        for _ in range(args.repeats):
+            job = min(job, timed(lambda a=attack: run_job(models, x, batch, a)))
+            bound = min(bound, bound_passes(models, x, batch, attacked, attack))
+        passes = (
+            f"{attack.epochs} epochs (fit)" if attack.universal else f"{attack.steps} steps"  # type: ignore[attr-defined]
+        )
+        print(f"  {name:<13} {passes:>18} {job:>7.2f} {bound:>8.2f} {bound / job:>9.3f}")
+    print("  (target >= 0.90 for each)")
 
 
 def _child(args: argparse.Namespace) -> None:
@@ -364,6 +412,7 @@ def main() -> None:
     )
     run = {
         "attack": bench_attack,
+        "suite": bench_suite,
         "scaling": bench_scaling,
         "memory": bench_memory,
         "data": bench_data,
