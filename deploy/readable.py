@@ -5,7 +5,8 @@ with ANSI escapes and prints an empty "INFO :" line around each message: in a lo
 a file, journald) that is noise between the lines that matter. When our stdout is not a
 terminal, the SuperLink and SuperNode run as our child, and each of their lines comes
 through without escapes and without the empty ones; on a terminal they replace us as
-before (`exec`), colours and all. Signals reach the child; its exit code is ours.
+before (`exec`), colours and all. Signals reach the child; its exit code is ours, and we
+end when it ends, even if a grandchild still holds the pipe.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
@@ -52,9 +54,20 @@ def exec_readable(cmd: Sequence[str], env: Mapping[str, str]) -> NoReturn:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        text = clean(line)
-        if text is not None:
-            print(text, flush=True)
-    sys.exit(proc.wait())
+    stdout = proc.stdout
+    assert stdout is not None
+
+    def relay() -> None:
+        for line in stdout:
+            text = clean(line)
+            if text is not None:
+                print(text, flush=True)
+
+    # The child's own children (Flower's SuperExec) inherit the pipe and may outlive it:
+    # end with the child, not with the pipe, after a moment for its last lines.
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    code = proc.wait()
+    reader.join(timeout=2.0)
+    sys.stdout.flush()
+    os._exit(code & 0xFF if code >= 0 else 128 - code)

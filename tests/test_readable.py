@@ -76,3 +76,23 @@ def test_sigterm_reaches_the_child() -> None:
     rest, _ = proc.communicate(timeout=60)
     assert "INFO: got SIGTERM, stopping" in rest
     assert proc.returncode == 7
+
+
+def test_we_end_with_the_child_even_if_a_grandchild_holds_the_pipe() -> None:
+    """Flower's SuperExec inherits the SuperNode's stdout and can outlive it: the wrapper
+    must not wait for the pipe to close."""
+    child = (
+        "import subprocess, sys, time\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "print('node: giving up', flush=True)\n"
+        "sys.exit(5)\n"
+    )
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, child, "exit"], stdout=subprocess.PIPE, text=True)
+    try:
+        rc = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert rc == 5
+    assert time.monotonic() - started < 20
+    subprocess.run(["pkill", "-f", "import time; time.sleep(60)"], check=False)
