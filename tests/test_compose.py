@@ -24,41 +24,38 @@ COMBINATIONS = [
 ]
 
 
-def _docker_compose() -> str:
-    exe = shutil.which("docker-compose")
+def _need(exe: str | None, missing: str, how: str) -> str:
+    """The tool's path; under CI a missing tool fails the test, elsewhere it skips it."""
     if exe is None:
         if os.environ.get("CI"):
-            pytest.fail("docker-compose is missing; .ci/run installs it (apt-get install docker-compose)")
-        pytest.skip("docker-compose not installed (apt-get install docker-compose)")
+            pytest.fail(f"{missing} is missing; {how}")
+        pytest.skip(f"{missing} not installed ({how})")
     return exe
+
+
+def _config_q(exe: str, files: list[str]) -> subprocess.CompletedProcess[str]:
+    args = [a for f in files for a in ("-f", f)]
+    return subprocess.run([exe, *args, "config", "-q"], cwd=REPO, capture_output=True, text=True, timeout=60)
+
+
+def _docker_compose() -> str:
+    how = ".ci/run installs it: apt-get install docker-compose"
+    return _need(shutil.which("docker-compose"), "docker-compose", how)
 
 
 @pytest.mark.parametrize("files", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
 def test_compose_files_validate(files: list[str]) -> None:
-    args = [a for f in files for a in ("-f", f)]
-    res = subprocess.run(
-        [_docker_compose(), *args, "config", "-q"], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
+    res = _config_q(_docker_compose(), files)
     assert res.returncode == 0, res.stderr
-
-
-def _compose_v2() -> str:
-    exe = REPO / ".cache" / "compose-v2" / "docker-compose"
-    if not exe.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{exe} is missing; `make test` fetches it (make compose-v2)")
-        pytest.skip("Compose v2 not fetched (make compose-v2)")
-    return str(exe)
 
 
 @pytest.mark.parametrize("files", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
 def test_compose_files_validate_for_compose_v2(files: list[str]) -> None:
     """The README's `docker compose` is the v2 plugin: its schema and loader (compose-go)
     accept the files, with no warning (an obsolete `version:` key, an unknown field)."""
-    args = [a for f in files for a in ("-f", f)]
-    res = subprocess.run(
-        [_compose_v2(), *args, "config", "-q"], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
+    v2 = REPO / ".cache" / "compose-v2" / "docker-compose"
+    exe = _need(str(v2) if v2.exists() else None, str(v2), "`make test` fetches it: make compose-v2")
+    res = _config_q(exe, files)
     assert res.returncode == 0, res.stderr
     assert "warn" not in res.stderr.lower(), res.stderr
 
