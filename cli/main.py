@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from cli.deploy import add_deploy_commands
+from cli.study import add_study_command
 from shared.errors import FedAttackError
 from shared.io import ensure_writable_dir
 from shared.logs import setup_logging
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=_attack)
 
     add_deploy_commands(sub)
+    add_study_command(sub)
 
     d = sub.add_parser("demo", help="everything on synthetic data: synth, federate, attack, report")
     d.add_argument("--config", default="configs/demo.yaml")

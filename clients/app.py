@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.site import check_pin, train_site
+from clients.site import Instructions, check_pin, train_site
 from shared.nodeconfig import NodeConfig
-from shared.packing import arrays_in, config_in, config_int, config_str, to_record
+from shared.packing import arrays_in, config_bool, config_float, config_in, config_int, config_str, to_record
 from shared.runconfig import RunSettings
 
 app = ClientApp()
+KEPT_BN = "fedbn-batchnorm"  # context.state: FedBN, this site's own BatchNorm for this run
 
 
 @app.train()
@@ -19,9 +20,18 @@ def train(msg: Message, context: Context) -> Message:
     run = RunSettings.from_run_config(dict(context.run_config))
     check_pin(node, run)
     config = config_in(msg.content, "config")
-    finetune = config_str(config, "phase", "fedavg") == "finetune"
-    rnd = config_int(config, "server-round") + config_int(config, "round-offset", 0)
-    result = train_site(node, run, arrays_in(msg.content), rnd, finetune)
+    personal_bn = config_bool(config, "personal-bn", False)
+    kept = context.state.get(KEPT_BN) if personal_bn else None
+    ask = Instructions(
+        server_round=config_int(config, "server-round") + config_int(config, "round-offset", 0),
+        finetune=config_str(config, "phase", "fedavg") == "finetune",
+        proximal_mu=config_float(config, "proximal-mu", 0.0),
+        personal_bn=personal_bn,
+        kept_bn=kept if isinstance(kept, ArrayRecord) else None,
+    )
+    result = train_site(node, run, arrays_in(msg.content), ask)
+    if result.personal_bn is not None:  # stays on this node, in Flower's per-run state
+        context.state[KEPT_BN] = to_record(result.personal_bn)
     content = RecordDict(
         {
             "arrays": to_record(result.state),
@@ -29,6 +39,6 @@ def train(msg: Message, context: Context) -> Message:
             "meta": ConfigRecord({"site": node.site}),
         }
     )
-    if finetune and result.received_bn is not None:  # the server pools them into the global
+    if ask.finetune and result.received_bn is not None:  # the server pools them into the global
         content["received-bn"] = to_record(result.received_bn)
     return Message(content=content, reply_to=msg)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from flwr.app import ArrayRecord
 
-from shared.batchnorm import recalibrate, statistics
+from shared.adversarial import Proximal
+from shared.batchnorm import personal, recalibrate, statistics
 from shared.config import SITES
 from shared.data.cache import CachedPart, load_cached
 from shared.data.fingerprint import manifest_digest
@@ -40,11 +41,25 @@ log = logging.getLogger(__name__)
 class SiteResult:
     """What a site sends back: its trained weights, its metrics, and the BatchNorm
     statistics of the model it received, re-estimated on its data (None when the run
-    restarts the statistics instead)."""
+    restarts the statistics instead). `personal_bn`: FedBN, the site's own BatchNorm
+    tensors after training, which it keeps for the next round (never sent as such)."""
 
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]
     received_bn: dict[str, torch.Tensor] | None
+    personal_bn: dict[str, torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """What this message asks beyond the run config: fine-tune or FedAvg round, FedProx's
+    mu (0: none), and FedBN's "keep your own BatchNorm" with the site's kept tensors."""
+
+    server_round: int
+    finetune: bool = False
+    proximal_mu: float = 0.0
+    personal_bn: bool = False
+    kept_bn: ArrayRecord | None = None  # FedBN: this site's BatchNorm from its last round
 
 
 def check_pin(node: NodeConfig, run: RunSettings) -> None:
@@ -85,33 +100,41 @@ def _threads(run: RunSettings) -> None:
         torch.set_num_threads(run.threads)
 
 
-def train_site(
-    site: NodeConfig,
-    run: RunSettings,
-    arrays: ArrayRecord,
-    server_round: int,
-    finetune: bool,
-) -> SiteResult:
-    """Re-estimate the received global model's BatchNorm statistics on this site's data,
-    validate it, train (or fine-tune) it on this site's shard, validate the result.
-    Folding the global evaluation into the training message saves a full Flower round
-    trip per round."""
+def keep_personal_bn(model: Classifier, kept: ArrayRecord, where: str) -> None:
+    """FedBN: put the site's own BatchNorm tensors back in place of the received ones."""
+    own = personal(model)
+    model.load_state_dict({**model.state_dict(), **from_record(kept, own, where)})
+
+
+def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Instructions) -> SiteResult:
+    """Re-estimate the received global model's BatchNorm statistics on this site's data
+    (FedBN: put the site's own BatchNorm back instead), validate it, train (or fine-tune)
+    it on this site's shard, validate the result. Folding the global evaluation into the
+    training message saves a full Flower round trip per round."""
     _threads(run)
+    server_round, finetune = ask.server_round, ask.finetune
     site_index = SITES.index(site.site)
     torch.manual_seed(run.seed * 10_000 + server_round * 10 + site_index + (5 if finetune else 0))
     device = pick_device(site.device)
-    model = prepare(model_with(run, arrays, f"site {site.site}"), device)
+    received = model_with(run, arrays, f"site {site.site}")
+    own_bn = ask.personal_bn and ask.kept_bn is not None
+    if own_bn:
+        assert ask.kept_bn is not None
+        keep_personal_bn(received, ask.kept_bn, f"site {site.site}'s kept BatchNorm")
+    model = prepare(received, device)
     train = site_data(site, run, "train")
     val = site_data(site, run, "val")
     val_loader = make_loader(val, run.channels, run.batch_size * 2, False, 0, 0)
     bn = None
-    if run.batchnorm == "recalibrate":  # statistics of the received weights, on this site's data
+    if own_bn:  # FedBN: the site's own statistics are those of its own BatchNorm
+        bn = statistics(model)
+    elif run.batchnorm == "recalibrate":  # statistics of the received weights, on this site's data
         recalibrate(
             model, make_loader(train, run.channels, run.batch_size * 2, False, run.workers, 0), device
         )
         bn = statistics(model)
     before = evaluate(model, val_loader, device)
-    if run.batchnorm == "restart":
+    if run.batchnorm == "restart" and not own_bn:
         restart_batchnorm_statistics(model)
     epochs = run.finetune_epochs if finetune else run.local_epochs
     lr = run.finetune_lr if finetune else run.optimizer.lr
@@ -125,7 +148,11 @@ def train_site(
     )
     started = time.perf_counter()
     weights = balanced_weights(train.labels) if run.class_balance else None
-    loss = train_epochs(model, loader, make_optimizer(model, run.optimizer, lr), epochs, device, weights)
+    adv = run.adversarial
+    adversarial = adv if adv is not None and (finetune or server_round >= adv.start_round) else None
+    proximal = Proximal(model, ask.proximal_mu) if ask.proximal_mu > 0 else None
+    optimizer = make_optimizer(model, run.optimizer, lr)
+    loss = train_epochs(model, loader, optimizer, epochs, device, weights, adversarial, proximal)
     train_seconds = time.perf_counter() - started
     after = evaluate(model, val_loader, device)
     log.info(
@@ -142,7 +169,14 @@ def train_site(
         "val-examples": float(len(val)),
         "train-loss": loss,
         "train-seconds": train_seconds,
+        "adversarial": float(adversarial is not None),
+        "own-batchnorm": float(own_bn),
         **before.as_metrics("global-val-"),
         **after.as_metrics("val-"),
     }
-    return SiteResult({k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics, bn)
+    return SiteResult(
+        {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        metrics,
+        bn,
+        personal(model) if ask.personal_bn else None,
+    )

@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from server.plot import plot_metrics
-from server.strategy import SiteAwareFedAvg, check_replies, global_evaluation, log_site_replies, site_of
+from server.strategy import check_replies, global_evaluation, log_site_replies, make_strategy, site_of
 from shared.batchnorm import pool, statistics
 from shared.errors import FederationError
 from shared.events import EventLog
@@ -102,7 +102,7 @@ class Federation:
         run = self.run
         if offset >= run.num_rounds:
             return state
-        strategy = SiteAwareFedAvg(run, self.events, offset)
+        strategy = make_strategy(run, self.events, offset)
         config = ConfigRecord({"phase": "fedavg", "round-offset": offset})
 
         def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -134,7 +134,10 @@ class Federation:
         run, rnd = self.run, self.run.num_rounds + 1
         nodes = wait_for_nodes(self.grid, run.min_sites, run.round_timeout)
         arrays = to_record(state)
-        config = ConfigRecord({"phase": "finetune", "server-round": rnd, "round-offset": 0})
+        fedbn = run.strategy == "fedbn"
+        config = ConfigRecord(
+            {"phase": "finetune", "server-round": rnd, "round-offset": 0, "personal-bn": fedbn},
+        )
         messages = [
             Message(
                 content=RecordDict({"arrays": arrays, "config": config}), message_type="train", dst_node_id=n
@@ -158,6 +161,7 @@ class Federation:
             round=run.num_rounds,
             input=spec,
             metrics=evaluation,
+            training=run.training_record,
         )
         for r in good:
             site = site_of(r)
@@ -171,6 +175,7 @@ class Federation:
                 round=rnd,
                 input=spec,
                 metrics={k: v for k, v in m.items() if not k.startswith("global-")},
+                training=run.training_record,
             )
 
     def with_pooled_batchnorm(

@@ -7,9 +7,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable
+from typing import Any
 
-from flwr.app import Message
-from flwr.serverapp.strategy import FedAvg
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, FedProx
 
 from shared.errors import FederationError
 from shared.events import EventLog
@@ -80,15 +82,15 @@ def log_site_replies(
         events.write(event, arch=run.arch, round=rnd, site=site, **m)
 
 
-class SiteAwareFedAvg(FedAvg):
-    """Flower's FedAvg, unchanged in its maths. It also records each site's reply and the
-    evaluation of the previous global model, and fails the run when fewer than
-    `min_sites` sites reply."""
+class SiteAware(FedAvg):
+    """Flower's FedAvg (or a subclass of it), unchanged in its maths. It also records each
+    site's reply and the evaluation of the previous global model, and fails the run when
+    fewer than `min_sites` sites reply."""
 
-    def __init__(self, run: RunSettings, events: EventLog, offset: int) -> None:
+    def __init__(self, run: RunSettings, events: EventLog, offset: int, **kwargs: Any) -> None:
         n = run.min_sites
         super().__init__(
-            fraction_evaluate=0.0, min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n
+            fraction_evaluate=0.0, min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n, **kwargs
         )
         self.run, self.events, self.offset = run, events, offset
         self.contributors: dict[int, list[str]] = {}
@@ -101,3 +103,36 @@ class SiteAwareFedAvg(FedAvg):
         self.evaluation[rnd - 1] = global_evaluation(good)
         log_site_replies(self.events, self.run, good, rnd, "site-train")
         return super().aggregate_train(server_round, good)
+
+
+class SiteAwareFedAvg(SiteAware, FedAvg):
+    """FedAvg (McMahan et al., 2017)."""
+
+
+class SiteAwareFedProx(SiteAware, FedProx):
+    """Flower's FedProx: FedAvg on the server, and "proximal-mu" in every training message,
+    which the sites add to their loss as (mu / 2) * ||w - w_global||^2 (shared.adversarial)."""
+
+
+class FedBN(SiteAware, FedAvg):
+    """FedBN (Li et al., 2021): BatchNorm stays local. Every training message asks the sites
+    to put their own BatchNorm tensors (affine parameters and statistics, kept in Flower's
+    per-run node state) in place of the received ones, so only the other tensors are
+    shared: the aggregate of those is FedAvg's weighted mean, exactly. The server still
+    averages the BatchNorm entries it receives, only to store a global model that can be
+    evaluated and attacked; no site ever loads them. Flower ships no FedBN strategy."""
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        config["personal-bn"] = True
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+def make_strategy(run: RunSettings, events: EventLog, offset: int) -> SiteAware:
+    """The configured strategy (federation.strategy)."""
+    if run.strategy == "fedprox":
+        return SiteAwareFedProx(run, events, offset, proximal_mu=run.proximal_mu)
+    if run.strategy == "fedbn":
+        return FedBN(run, events, offset)
+    return SiteAwareFedAvg(run, events, offset)

@@ -80,3 +80,16 @@ def pool(site_stats: list[dict[str, torch.Tensor]], weights: list[float]) -> dic
         out[key] = mean.float()
         out[f"{base}.running_var"] = var.clamp_min(0).float()
     return out
+
+
+def personal_keys(model: nn.Module) -> list[str]:
+    """FedBN: the state-dict keys of every BatchNorm layer (affine weight and bias, running
+    statistics, counter), in the model's order; they stay at the site."""
+    bn = {name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    return [k for k in model.state_dict() if k.rpartition(".")[0] in bn]
+
+
+def personal(model: nn.Module) -> dict[str, torch.Tensor]:
+    """FedBN: the site's own BatchNorm tensors, keyed like the model's state dict."""
+    state = model.state_dict()
+    return {k: state[k].detach().cpu().clone() for k in personal_keys(model)}

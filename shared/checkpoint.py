@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,9 +38,13 @@ class ModelEntry:
     input: InputSpec
     metrics: dict[str, float]
     bytes: int | None = None  # the file's size; None in stores written before it was recorded
+    # How it was trained: strategy (fedavg, fedprox, fedbn) and adversarial training
+    # ("" or e.g. "pgd eps 0.02 steps 3 share 0.5 from round 1"); empty in older stores.
+    training: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         size = {} if self.bytes is None else {"bytes": self.bytes}
+        training = {"training": self.training} if self.training else {}
         return {
             "name": self.name,
             "arch": self.arch,
@@ -52,6 +56,7 @@ class ModelEntry:
             "input": self.input.to_json(),
             "metrics": self.metrics,
             **size,
+            **training,
         }
 
     @classmethod
@@ -68,6 +73,7 @@ class ModelEntry:
                 input=InputSpec.from_json(d["input"]),
                 metrics={k: float(v) for k, v in dict(d.get("metrics", {})).items()},
                 bytes=None if d.get("bytes") is None else _size(d["bytes"]),
+                training={str(k): str(v) for k, v in dict(d.get("training", {})).items()},
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{where}: malformed model entry ({e!r}): {d}") from None

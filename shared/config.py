@@ -25,6 +25,8 @@ from shared.dataconfig import (
 )
 from shared.errors import ConfigError
 from shared.io import atomic_write
+from shared.studyconfig import StudyConfig, Variant
+from shared.trainingconfig import AdversarialTraining, ArchTraining, OptimizerConfig, TrainingConfig
 from shared.typedyaml import build, plain, set_dotted
 
 
@@ -39,10 +41,12 @@ def check_arch_names(names: tuple[str, ...], key: str) -> None:
             raise ValueError(f"{key}: {name!r} is not a timm model name{hint}")
 
 
-# The data classes live in shared.dataconfig; they are re-exported here.
+# The data and training classes live in shared.dataconfig and shared.trainingconfig;
+# they are re-exported here.
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "SITES",
+    "AdversarialTraining",
     "ArchTraining",
     "DataConfig",
     "DatasetConfig",
@@ -52,72 +56,13 @@ __all__ = [
     "OptimizerConfig",
     "OverlapConfig",
     "SplitConfig",
+    "StudyConfig",
     "SynthConfig",
     "TrainingConfig",
+    "Variant",
     "load_config",
     "parse_config",
 ]
-
-
-@dataclass(frozen=True)
-class OptimizerConfig:
-    """Local optimizer settings, used for both the FedAvg rounds and fine-tuning."""
-
-    name: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
-
-
-@dataclass(frozen=True)
-class ArchTraining:
-    """Per-architecture exceptions to the training settings (unset: the general ones)."""
-
-    local_epochs: int | None = None
-    lr: float | None = None
-    finetune_epochs: int | None = None
-    finetune_lr: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.local_epochs is not None and self.local_epochs < 1:
-            raise ValueError("local_epochs: must be >= 1")
-        if self.finetune_epochs is not None and self.finetune_epochs < 0:
-            raise ValueError("finetune_epochs: must be >= 0")
-        for name in ("lr", "finetune_lr"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"{name}: must be > 0, got {v}")
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Local training at each site."""
-
-    batch_size: int = 16
-    local_epochs: int = 1
-    finetune_epochs: int = 1
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    finetune_lr: float | None = None  # None: the optimizer's lr
-    threads: int = 0  # torch threads per site; 0 keeps torch's default
-    # recalibrate: a site re-estimates a received model's BatchNorm statistics on its own
-    # data, and the server pools them into the stored global (shared.batchnorm);
-    # restart: statistics restart as a cumulative average at every local training
-    # (the behaviour before recalibration, kept for comparison).
-    batchnorm: Literal["recalibrate", "restart"] = "recalibrate"
-    # Weigh the loss so both classes count alike at every site (shared.training.balanced_weights).
-    class_balance: bool = False
-    pretrained: dict[str, Path] = field(default_factory=dict)  # arch -> local weights file
-    per_arch: dict[str, ArchTraining] = field(default_factory=dict)  # arch -> exceptions
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 2:
-            raise ValueError("batch_size: must be at least 2 (BatchNorm)")
-        if self.local_epochs < 1 or self.finetune_epochs < 0:
-            raise ValueError("local_epochs must be >= 1 and finetune_epochs >= 0")
 
 
 @dataclass(frozen=True)
@@ -131,8 +76,16 @@ class FederationConfig:
     # The architectures' Flower runs run at once on one SuperLink: Flower's fixed cost per
     # message (a ClientApp process start, weight transfers, polling) then overlaps.
     concurrent_runs: bool = True
+    # fedavg; fedprox (Flower's FedProx, the proximal term in each site's loss); fedbn
+    # (BatchNorm parameters and statistics stay at each site, everything else is averaged).
+    strategy: Literal["fedavg", "fedprox", "fedbn"] = "fedavg"
+    proximal_mu: float = 0.0  # fedprox: weight of (mu / 2) * ||w - w_global||^2
 
     def __post_init__(self) -> None:
+        if self.strategy == "fedprox" and self.proximal_mu <= 0:
+            raise ValueError(f"proximal_mu: fedprox needs a weight > 0, got {self.proximal_mu}")
+        if self.strategy != "fedprox" and self.proximal_mu != 0:
+            raise ValueError(f"proximal_mu: only fedprox uses it (strategy is {self.strategy})")
         if not self.architectures:
             raise ValueError("architectures: give at least one timm model name")
         if len(set(self.architectures)) != len(self.architectures):
@@ -170,6 +123,7 @@ class ExperimentConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    study: StudyConfig | None = None  # `fedattack study`: variants to train and compare
 
     def __post_init__(self) -> None:
         # per_arch and pretrained may name architectures this run leaves out (a config

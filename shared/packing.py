@@ -113,3 +113,19 @@ def config_str(record: ConfigRecord, key: str, default: str | None = None) -> st
     if not isinstance(value, str):
         raise FederationError(f"message: config {key!r} must be a string, got {value!r}")
     return value
+
+
+def config_float(record: ConfigRecord, key: str, default: float | None = None) -> float:
+    """A number entry of a ConfigRecord, as a float."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FederationError(f"message: config {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def config_bool(record: ConfigRecord, key: str, default: bool | None = None) -> bool:
+    """A boolean entry of a ConfigRecord."""
+    value = record.get(key, default)
+    if not isinstance(value, bool):
+        raise FederationError(f"message: config {key!r} must be true or false, got {value!r}")
+    return value

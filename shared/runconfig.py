@@ -6,11 +6,12 @@ dashed keys here and parsed back, with their types, at the ServerApp/ClientApp e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.config import ArchTraining, ExperimentConfig, OptimizerConfig
+from shared.config import AdversarialTraining, ArchTraining, ExperimentConfig, OptimizerConfig
 from shared.errors import ConfigError
 
 Scalar = str | int | float | bool
@@ -45,6 +46,22 @@ class RunSettings:
     class_balance: bool
     study: str  # one id per submission: the first of its runs to start resets the store
     split: str  # the split's fingerprint, "manifest=sha256,...", or "" when unknown
+    strategy: str = "fedavg"  # fedavg | fedprox | fedbn (federation.strategy)
+    proximal_mu: float = 0.0
+    adversarial: AdversarialTraining | None = None  # training.adversarial; None: clean
+
+    @property
+    def training_record(self) -> dict[str, str]:
+        """How this run trains its models, as the store records it per model."""
+        a = self.adversarial
+        adv = (
+            f"{a.attack} eps {a.eps:g} steps {a.steps} step {a.step_fraction:g}*eps share {a.share:g} "
+            f"from round {a.start_round}"
+            if a
+            else ""
+        )
+        mu = f" mu {self.proximal_mu:g}" if self.strategy == "fedprox" else ""
+        return {"strategy": self.strategy + mu, "adversarial": adv}
 
     @property
     def split_digests(self) -> dict[str, str]:
@@ -80,6 +97,9 @@ class RunSettings:
             "class-balance": self.class_balance,
             "study": self.study,
             "split": self.split,
+            "strategy": self.strategy,
+            "proximal-mu": self.proximal_mu,
+            **adversarial_keys(self.adversarial),
         }
 
     @classmethod
@@ -102,6 +122,10 @@ class RunSettings:
         opt = get("optimizer", str)
         if opt not in ("sgd", "adamw"):
             raise ConfigError(f"run config: 'optimizer' must be sgd or adamw, got {opt!r}")
+        if get("strategy", str) not in STRATEGIES:
+            raise ConfigError(
+                f"run config: 'strategy' must be one of {', '.join(STRATEGIES)}, got {rc['strategy']!r}"
+            )
         if get("batchnorm", str) not in ("recalibrate", "restart"):
             raise ConfigError(
                 f"run config: 'batchnorm' must be recalibrate or restart, got {rc['batchnorm']!r}"
@@ -133,6 +157,9 @@ class RunSettings:
             class_balance=get("class-balance", bool),
             study=get("study", str),
             split=get("split", str),
+            strategy=get("strategy", str),
+            proximal_mu=get("proximal-mu", float),
+            adversarial=_adversarial(get),
         )
 
 
@@ -179,7 +206,43 @@ def run_settings_for(
         class_balance=t.class_balance,
         study=study,
         split=",".join(f"{k}={v}" for k, v in sorted((split or {}).items())),
+        strategy=cfg.federation.strategy,
+        proximal_mu=cfg.federation.proximal_mu,
+        adversarial=t.adversarial,
     )
+
+
+STRATEGIES = ("fedavg", "fedprox", "fedbn")
+
+
+def adversarial_keys(adv: AdversarialTraining | None) -> dict[str, Scalar]:
+    """training.adversarial as run-config keys; adv-attack "" means clean training."""
+    a = adv or AdversarialTraining()
+    return {
+        "adv-attack": adv.attack if adv else "",
+        "adv-eps": a.eps,
+        "adv-steps": a.steps,
+        "adv-step-fraction": a.step_fraction,
+        "adv-share": a.share,
+        "adv-start-round": a.start_round,
+    }
+
+
+def _adversarial(get: Callable[[str, type], Any]) -> AdversarialTraining | None:
+    attack = get("adv-attack", str)
+    if not attack:
+        return None
+    try:
+        return AdversarialTraining(
+            attack=attack,
+            eps=get("adv-eps", float),
+            steps=get("adv-steps", int),
+            step_fraction=get("adv-step-fraction", float),
+            share=get("adv-share", float),
+            start_round=get("adv-start-round", int),
+        )
+    except ValueError as e:
+        raise ConfigError(f"run config: {e}") from None
 
 
 def format_run_config(rc: dict[str, Scalar]) -> str:

@@ -177,8 +177,10 @@ class CheckpointStore:
         round: int,
         input: InputSpec,
         metrics: dict[str, float],
+        training: dict[str, str] | None = None,
     ) -> ModelEntry:
-        """Store a final model (global or local) and list it in the manifest."""
+        """Store a final model (global or local) and list it in the manifest; `training`
+        says how it was trained (strategy, adversarial training)."""
         with self._locked():
             file = f"{name}.safetensors"
             info = describe(name=name, arch=arch, kind=kind, site=site, round=round, spec=input)
@@ -194,6 +196,7 @@ class CheckpointStore:
                 input=input,
                 metrics=finite_metrics(metrics),
                 bytes=size,
+                training=dict(training or {}),
             )
             m = self.read_manifest()
             m["models"] = [e for e in m["models"] if e["name"] != entry.name] + [entry.to_json()]

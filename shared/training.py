@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from shared.config import OptimizerConfig
+from shared.adversarial import Proximal, mix
+from shared.config import AdversarialTraining, OptimizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +72,13 @@ def train_epochs(
     epochs: int,
     device: torch.device,
     class_weights: torch.Tensor | None = None,
+    adversarial: AdversarialTraining | None = None,
+    proximal: Proximal | None = None,
 ) -> float:
     """Train for `epochs`; return the mean training loss of the last epoch. `class_weights`
-    weighs the cross-entropy per class (see `balanced_weights`)."""
+    weighs the cross-entropy per class (see `balanced_weights`); `adversarial` replaces a
+    share of each batch by adversarial images (shared.adversarial); `proximal` adds
+    FedProx's term to the loss."""
     model.train()
     weight = None if class_weights is None else class_weights.to(device)
     use_amp = device.type == "cuda"
@@ -87,7 +92,11 @@ def train_epochs(
             with torch.autocast(
                 device.type, dtype=torch.bfloat16 if use_amp else torch.float32, enabled=use_amp
             ):
+                if adversarial is not None:
+                    x = mix(model, x, y, adversarial, weight)
                 loss = F.cross_entropy(model(x), y, weight=weight)
+            if proximal is not None:
+                loss = loss + proximal.term(model)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()

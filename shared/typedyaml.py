@@ -63,6 +63,8 @@ def build(cls: type, raw: Any, where: str, source: str) -> Any:
 def coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if tp is Any:  # a free value (a study variant's override), checked where it is applied
+        return value
 
     def bad(expected: str) -> ConfigError:
         return ConfigError(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from clients.site import train_site
+from clients.site import Instructions, train_site
 from deploy.local import federate, node_configs
 from shared.batchnorm import pool, recalibrate, statistics
 from shared.config import load_config
@@ -137,7 +137,7 @@ def test_stored_global_is_the_weighted_mean_of_the_site_updates(three_arch_store
     run = RunSettings.from_run_config(run_settings_for(cfg, arch, store.root, False).to_run_config())
     updates, weights = [], []
     for node in node_configs(cfg):
-        result = train_site(node, run, start, 1, finetune=False)
+        result = train_site(node, run, start, Instructions(server_round=1))
         updates.append(result.state)
         weights.append(result.metrics["num-examples"])
     stored = store.load(r1["file"], r1["sha256"])

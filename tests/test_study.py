@@ -1,0 +1,94 @@
+"""`fedattack study`: bad variants refused before any training; a tiny real study (two
+variants on Flower, attacked, compared) whose report holds every variant's figures, that
+resumes without training again, and that reports a failed variant without losing the
+others."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cli_helpers import fedattack, refused
+from tests.flower_helpers import tiny_data, tiny_federation_config
+
+
+def _study_config(tmp: Path, data: Path, variants: list[dict], **study) -> Path:
+    path = tiny_federation_config(tmp, data, ["resnet18"], rounds=1)
+    raw = yaml.safe_load(path.read_text())
+    raw["attack"]["iterative"] = {"steps": 2}
+    raw["study"] = {"variants": variants, "attacks": ["fgsm", "pgd"], "threats": ["member"], **study}
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("variants", "needles"),
+    [
+        ([{"name": "a"}, {"name": "a"}], ["duplicate name 'a'"]),
+        ([{"name": "x", "overrides": {"federation.strategy": "sgd"}}], ["variant", "federation.strategy"]),
+        (
+            [{"name": "adv", "overrides": {"training.adversarial": {"attack": "pgd", "eps": 2.0}}}],
+            ["variant 'adv'", "adversarial.eps"],
+        ),
+        ([{"name": "s", "overrides": {"seed": 3}}], ["'seed' may not differ"]),
+        ([{"name": "bad name!"}], ["bad name!"]),
+    ],
+)
+def test_bad_variants_are_refused_before_any_training(tmp_path: Path, variants, needles) -> None:
+    cfg = _study_config(tmp_path, tmp_path / "no-data", variants)
+    refused(fedattack("study", "--config", str(cfg)), *needles)
+    assert not (tmp_path / "run" / "variants").exists()
+
+
+def test_a_config_without_study_section_is_refused(tmp_path: Path) -> None:
+    cfg = tiny_federation_config(tmp_path, tmp_path / "no-data", ["resnet18"], rounds=1)
+    refused(fedattack("study", "--config", str(cfg)), "no 'study' section")
+
+
+@pytest.mark.e2e
+def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
+    data = tiny_data(tmp_path / "d")
+    variants = [
+        {"name": "baseline"},
+        {"name": "fedbn", "overrides": {"federation.strategy": "fedbn"}},
+        {"name": "broken", "overrides": {"federation.round_timeout_s": 0.001}},
+    ]
+    cfg = _study_config(tmp_path, data, variants)
+    first = fedattack("study", "--config", str(cfg), timeout=1500)
+    text = first.stdout + first.stderr
+    assert first.returncode == 2, text[-3000:]  # one variant failed: a non-zero exit, after the report
+    assert "Traceback" not in text
+    assert "variant(s) broken failed" in first.stderr
+    out = tmp_path / "run"
+    study = json.loads((out / "study.json").read_text())
+    assert isinstance(study["variants"]["broken"], str)
+    md = (out / "study.md").read_text()
+    assert "**broken failed**" in md and (out / "study.png").stat().st_size > 1000
+    for name in ("baseline", "fedbn"):
+        v = study["variants"][name]
+        row = v["architectures"]["resnet18"]
+        assert row["clean_auc_global"]["value"] is not None
+        robust = row["robust_accuracy_global"]
+        assert robust["value"] is not None and robust["low"] <= robust["value"] <= robust["high"]
+        assert set(row["transfer"]) == {"fgsm/member", "pgd/member"}
+        assert "as_source" in row["transfer"]["pgd/member"]
+        assert f"| {name} | resnet18 |" in md
+        # the figure is the model's own white-box cell of the pgd/member measurement
+        suite = out / "variants" / name / "attack" / "suite"
+        cells = json.loads((suite / "pgd-member" / "results.json").read_text())["cells"]
+        own = next(c for c in cells if c["white_box"] and c["target"] == "resnet18-global")
+        n = own["n_correct_before"]
+        assert robust["value"] == pytest.approx((n - own["n_misclassified_after"]) / n)
+    manifest = json.loads((out / "variants/fedbn/checkpoints/manifest.json").read_text())
+    assert {m["training"]["strategy"] for m in manifest["models"]} == {"fedbn"}
+
+    stamp = (out / "variants/baseline/checkpoints/manifest.json").stat().st_mtime_ns
+    second = fedattack("study", "--config", str(cfg), timeout=1500)
+    assert second.stdout.count("not trained again") == 2, second.stdout[-3000:]
+    assert (out / "variants/baseline/checkpoints/manifest.json").stat().st_mtime_ns == stamp
+    again = json.loads((out / "study.json").read_text())
+    assert again["variants"]["baseline"] == study["variants"]["baseline"]
+    assert again["variants"]["fedbn"] == study["variants"]["fedbn"]
