@@ -124,12 +124,16 @@ def variant_summary(attack_dir: Path, study: StudyConfig, eps: float, seed: int)
 def _pct(d: dict[str, Any] | None) -> str:
     if not d or d.get("value") is None:
         return "n/a"
+    if d.get("low") is None or d.get("high") is None:
+        return f"{100 * d['value']:.1f}% (no interval)"
     return f"{100 * d['value']:.1f}% [{100 * d['low']:.1f}, {100 * d['high']:.1f}]"
 
 
 def _auc(d: dict[str, Any] | None) -> str:
     if not d or d.get("value") is None:
         return "n/a"
+    if d.get("low") is None or d.get("high") is None:
+        return f"{d['value']:.3f} (no interval)"
     return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
 
 
@@ -195,15 +199,21 @@ def study_md(variants: dict[str, dict[str, Any] | str], study: StudyConfig, eps:
 
 
 def _paired(test: dict[str, Any]) -> str:
-    """Global minus local targets, in words."""
+    """Global minus local targets, in words (an interval or p-value may be missing when
+    there are too few pairs)."""
     diff = test["mean_difference"]
     if diff.get("value") is None:
         return "global vs local targets: no pairs to compare"
     verdict = "significant" if test["significant_at_0.05"] else "not significant"
+    span = (
+        f" [{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}]"
+        if diff.get("low") is not None and diff.get("high") is not None
+        else " (no interval)"
+    )
+    p = "n/a" if test.get("p_value") is None else test["p_value"]
     return (
-        f"global minus local targets {100 * diff['value']:+.1f} points "
-        f"[{100 * diff['low']:+.1f}, {100 * diff['high']:+.1f}] over {test['n_pairs']} sources, "
-        f"p = {test['p_value']} ({verdict})"
+        f"global minus local targets {100 * diff['value']:+.1f} points{span} over "
+        f"{test['n_pairs']} sources, p = {p} ({verdict})"
     )
 
 

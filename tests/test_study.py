@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from attack.study_report import _paired, _pct
 from tests.cli_helpers import fedattack, refused
 from tests.flower_helpers import tiny_data, tiny_federation_config
 
@@ -41,6 +42,22 @@ def test_bad_variants_are_refused_before_any_training(tmp_path: Path, variants, 
     cfg = _study_config(tmp_path, tmp_path / "no-data", variants)
     refused(fedattack("study", "--config", str(cfg)), *needles)
     assert not (tmp_path / "run" / "variants").exists()
+
+
+def test_report_words_survive_figures_without_an_interval() -> None:
+    """One source pair, or an outsider with a single usable surrogate: no interval, no p."""
+    one = {
+        "n_pairs": 1,
+        "mean_difference": {"value": -0.05, "low": None, "high": None},
+        "p_value": None,
+        "exact": True,
+        "significant_at_0.05": False,
+    }
+    assert (
+        _paired(one)
+        == "global minus local targets -5.0 points (no interval) over 1 sources, p = n/a (not significant)"
+    )
+    assert _pct({"value": 0.5, "low": None, "high": None}) == "50.0% (no interval)"
 
 
 def test_a_config_without_study_section_is_refused(tmp_path: Path) -> None:
