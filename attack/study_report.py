@@ -121,20 +121,23 @@ def variant_summary(attack_dir: Path, study: StudyConfig, eps: float, seed: int)
     return out
 
 
-def _pct(d: dict[str, Any] | None) -> str:
+def _shown(d: dict[str, Any] | None, scale: float, fmt: str, unit: str = "") -> str:
+    """An interval's JSON as text: value [low, high], or the value alone when the
+    interval is missing, or n/a."""
     if not d or d.get("value") is None:
         return "n/a"
+    value = f"{scale * d['value']:{fmt}}{unit}"
     if d.get("low") is None or d.get("high") is None:
-        return f"{100 * d['value']:.1f}% (no interval)"
-    return f"{100 * d['value']:.1f}% [{100 * d['low']:.1f}, {100 * d['high']:.1f}]"
+        return f"{value} (no interval)"
+    return f"{value} [{scale * d['low']:{fmt}}, {scale * d['high']:{fmt}}]"
+
+
+def _pct(d: dict[str, Any] | None) -> str:
+    return _shown(d, 100, ".1f", "%")
 
 
 def _auc(d: dict[str, Any] | None) -> str:
-    if not d or d.get("value") is None:
-        return "n/a"
-    if d.get("low") is None or d.get("high") is None:
-        return f"{d['value']:.3f} (no interval)"
-    return f"{d['value']:.3f} [{d['low']:.3f}, {d['high']:.3f}]"
+    return _shown(d, 1, ".3f")
 
 
 def _group(d: dict[str, Any]) -> str:
