@@ -37,6 +37,9 @@ class SuiteRequest:
     threats: tuple[str, ...]
     sweep_eps: tuple[float, ...]
     sweep_attacks: tuple[str, ...]
+    # where the outsider's surrogates are kept (None: the suite's own folder); the study
+    # shares one folder across its variants, whose public split and seed are the same
+    outsider_dir: Path | None = None
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig) -> SuiteRequest:
@@ -45,7 +48,11 @@ class SuiteRequest:
 
 
 def sources_for(
-    cfg: ExperimentConfig, threats: tuple[str, ...], targets: list[Target], out: Path, info: dict[str, Info]
+    cfg: ExperimentConfig,
+    threats: tuple[str, ...],
+    targets: list[Target],
+    outsider_dir: Path,
+    info: dict[str, Info],
 ) -> dict[str, list[Source]]:
     mode = cfg.attack.suite.ensemble
     sources: dict[str, list[Source]] = {}
@@ -55,7 +62,7 @@ def sources_for(
         elif threat == "insider":
             sources[threat] = insider_sources(targets, mode)
         else:  # outsider: its own surrogates, trained on the public split; no store file
-            surrogates = train_outsiders(cfg, out / "outsider", cfg.federation.architectures)
+            surrogates = train_outsiders(cfg, outsider_dir, cfg.federation.architectures)
             sources[threat] = outsider_sources(surrogates, mode)
         for src in sources[threat]:
             info.setdefault(src.name, Info(src.name, src.arch, src.kind))
@@ -86,7 +93,7 @@ def run_suite(
     """Measure every (attack, threat) at the study's eps and the sweeps; write the reports."""
     started = time.monotonic()
     info = dict(info)
-    sources = sources_for(cfg, req.threats, targets, out, info)
+    sources = sources_for(cfg, req.threats, targets, req.outsider_dir or out / "outsider", info)
     meta = {"seed": cfg.seed, "n_images": len(probe.data), "provenance": provenance}
     rows: dict[tuple[str, str, float], dict[str, Any]] = {}
     runs = [(a, t, cfg.attack.eps) for a in req.attacks for t in req.threats]

@@ -49,8 +49,12 @@ def _trained_already(cfg: ExperimentConfig) -> bool:
     return load_config(store.config_path).to_dict() == cfg.to_dict()
 
 
-def run_variant(cfg: ExperimentConfig, attacks: tuple[str, ...], threats: tuple[str, ...]) -> bool:
-    """Train (unless done) and attack (unless done) one variant; True if it trained now."""
+def run_variant(
+    cfg: ExperimentConfig, attacks: tuple[str, ...], threats: tuple[str, ...], outsider_dir: Path
+) -> bool:
+    """Train (unless done) and attack (unless done) one variant; True if it trained now.
+    The outsider's surrogates never depend on the variant (public split, seed): they are
+    trained once, in `outsider_dir`, and reused by every variant (hash-checked)."""
     from attack.service import run_attack
     from attack.suite import SuiteRequest
     from deploy.local import federate
@@ -64,7 +68,8 @@ def run_variant(cfg: ExperimentConfig, attacks: tuple[str, ...], threats: tuple[
         (cfg.attack_dir / "suite" / f"{a}-{t}" / "results.json").exists() for a in attacks for t in threats
     )
     if trained or not done or not (cfg.attack_dir / "results.json").exists():
-        run_attack(cfg, str(cfg.store_dir), cfg.attack_dir, suite=SuiteRequest(attacks, threats, (), ()))
+        suite = SuiteRequest(attacks, threats, (), (), outsider_dir)
+        run_attack(cfg, str(cfg.store_dir), cfg.attack_dir, suite=suite)
     return trained
 
 
@@ -83,7 +88,7 @@ def run_study(config: Path, out: str | None) -> Path:
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
         print(f"\n[study {i}/{len(cfgs)}] variant {name}: {cfg.output_dir}", flush=True)
         try:
-            run_variant(cfg, study.attacks, study.threats)
+            run_variant(cfg, study.attacks, study.threats, base.output_dir / "outsider")
             results[name] = variant_summary(cfg.attack_dir, study, cfg.attack.eps, cfg.seed)
         except FedAttackError as e:
             log.error("variant %s failed: %s", name, e)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from clients.site import Instructions, check_pin, train_site
+from shared.calibration import MARGINS
 from shared.nodeconfig import NodeConfig
 from shared.packing import arrays_in, config_bool, config_float, config_in, config_int, config_str, to_record
 from shared.runconfig import RunSettings
@@ -41,4 +42,6 @@ def train(msg: Message, context: Context) -> Message:
     )
     if ask.finetune and result.received_bn is not None:  # the server pools them into the global
         content["received-bn"] = to_record(result.received_bn)
+    if result.received_margins is not None:  # the server cuts the global's threshold on them
+        content[MARGINS] = ArrayRecord({"counts": Array(result.received_margins)})
     return Message(content=content, reply_to=msg)

@@ -9,11 +9,13 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
 from shared.adversarial import Proximal
 from shared.batchnorm import personal, recalibrate, statistics
+from shared.calibration import histogram, shift_model, youden_cut
 from shared.config import SITES
 from shared.data.cache import CachedPart, load_cached
 from shared.data.fingerprint import manifest_digest
@@ -25,10 +27,12 @@ from shared.nodeconfig import NodeConfig
 from shared.packing import from_record
 from shared.runconfig import RunSettings
 from shared.training import (
+    EvalResult,
     balanced_weights,
-    evaluate,
     make_optimizer,
+    metrics_from_logits,
     pick_device,
+    predict,
     prepare,
     restart_batchnorm_statistics,
     train_epochs,
@@ -42,12 +46,15 @@ class SiteResult:
     """What a site sends back: its trained weights, its metrics, and the BatchNorm
     statistics of the model it received, re-estimated on its data (None when the run
     restarts the statistics instead). `personal_bn`: FedBN, the site's own BatchNorm
-    tensors after training, which it keeps for the next round (never sent as such)."""
+    tensors after training, which it keeps for the next round (never sent as such).
+    `received_margins`: calibration, the per-class histogram of the received global's
+    validation margins (shared.calibration), sent with the fine-tune reply."""
 
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]
     received_bn: dict[str, torch.Tensor] | None
     personal_bn: dict[str, torch.Tensor] | None = None
+    received_margins: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,8 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
             model, make_loader(train, run.channels, run.batch_size * 2, False, run.workers, 0), device
         )
         bn = statistics(model)
-    before = evaluate(model, val_loader, device)
+    before_logits, val_labels = predict(model, val_loader, device)
+    before = metrics_from_logits(before_logits, val_labels)
     if run.batchnorm == "restart" and not own_bn:
         restart_batchnorm_statistics(model)
     epochs = run.finetune_epochs if finetune else run.local_epochs
@@ -154,7 +162,12 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
     optimizer = make_optimizer(model, run.optimizer, lr)
     loss = train_epochs(model, loader, optimizer, epochs, device, weights, adversarial, proximal)
     train_seconds = time.perf_counter() - started
-    after = evaluate(model, val_loader, device)
+    after_logits, _ = predict(model, val_loader, device)
+    after = metrics_from_logits(after_logits, val_labels)
+    calibrate = finetune and run.calibration == "youden"
+    cut: dict[str, float] = {}
+    if calibrate:
+        after, cut = _calibrate(model, after_logits, val_labels, site.site)
     log.info(
         "site %s %s round %d: train loss %.4f, val auc %.3f -> %.3f",
         site.site,
@@ -173,10 +186,35 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
         "own-batchnorm": float(own_bn),
         **before.as_metrics("global-val-"),
         **after.as_metrics("val-"),
+        **cut,
     }
     return SiteResult(
         {k: v.detach().cpu() for k, v in model.state_dict().items()},
         metrics,
         bn,
         personal(model) if ask.personal_bn else None,
+        histogram(before_logits, val_labels) if calibrate else None,
     )
+
+
+def _calibrate(
+    model: torch.nn.Module, logits: np.ndarray, labels: np.ndarray, site: str
+) -> tuple[EvalResult, dict[str, float]]:
+    """Cut the fine-tuned model's decision threshold on this site's validation logits and
+    fold it into its head; the validation figures of the model as stored, and the cut's
+    record (threshold; sensitivity and specificity at argmax, before it). A validation
+    part with one class cannot place a threshold: the model keeps argmax, recorded as
+    val-calibrated 0."""
+    if len(np.unique(labels)) < 2:
+        log.warning(
+            "site %s: validation part holds one class only: the local model keeps the argmax "
+            "rule (raise data.split.val_fraction to calibrate it)",
+            site,
+        )
+        return metrics_from_logits(logits, labels), {"val-threshold": 0.0, "val-calibrated": 0.0}
+    cut = youden_cut(histogram(logits, labels))
+    shift_model(model, cut.threshold)
+    shifted = logits.astype(np.float32, copy=True)
+    shifted[:, 1] -= np.float32(cut.threshold)
+    record = {k: v for k, v in cut.as_metrics("val-").items() if "threshold" in k or "argmax" in k}
+    return metrics_from_logits(shifted, labels), {**record, "val-calibrated": 1.0}

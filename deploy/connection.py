@@ -12,8 +12,8 @@ from pathlib import Path
 
 from deploy.flower import environ, flwr_bin
 from deploy.processes import die_with_parent
-from shared.errors import DeploymentError, FederationError
-from shared.runconfig import format_run_config
+from shared.errors import ConfigError, DeploymentError, FederationError
+from shared.runconfig import Scalar
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 NAME = "target"
@@ -113,3 +113,18 @@ class Connection:
             return list(json.loads(res.stdout)["nodes"])
         except (json.JSONDecodeError, KeyError) as e:
             raise DeploymentError(f"`flwr supernode list` failed: {res.stdout}{res.stderr}") from e
+
+
+def format_run_config(rc: dict[str, Scalar]) -> str:
+    """`k=v ...` in TOML syntax, for `flwr run --run-config`."""
+    parts = []
+    for k, v in rc.items():
+        if isinstance(v, bool):
+            parts.append(f"{k}={'true' if v else 'false'}")
+        elif isinstance(v, str):
+            if "'" in v:
+                raise ConfigError(f"run config value for {k!r} may not contain a single quote")
+            parts.append(f"{k}='{v}'")
+        else:
+            parts.append(f"{k}={v!r}")
+    return " ".join(parts)

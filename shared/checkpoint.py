@@ -40,7 +40,7 @@ class ModelEntry:
     bytes: int | None = None  # the file's size; None in stores written before it was recorded
     # How it was trained: strategy (fedavg, fedprox, fedbn) and adversarial training
     # ("" or e.g. "pgd eps 0.02 steps 3 share 0.5 from round 1"); empty in older stores.
-    training: dict[str, str] = field(default_factory=dict)
+    training: dict[str, str] = field(default_factory=dict)  # + calibration (none, youden)
 
     def to_json(self) -> dict[str, Any]:
         size = {} if self.bytes is None else {"bytes": self.bytes}

@@ -49,6 +49,7 @@ class RunSettings:
     strategy: str = "fedavg"  # fedavg | fedprox | fedbn (federation.strategy)
     proximal_mu: float = 0.0
     adversarial: AdversarialTraining | None = None  # training.adversarial; None: clean
+    calibration: str = "none"  # none | youden (training.calibration)
 
     @property
     def training_record(self) -> dict[str, str]:
@@ -61,7 +62,7 @@ class RunSettings:
             else ""
         )
         mu = f" mu {self.proximal_mu:g}" if self.strategy == "fedprox" else ""
-        return {"strategy": self.strategy + mu, "adversarial": adv}
+        return {"strategy": self.strategy + mu, "adversarial": adv, "calibration": self.calibration}
 
     @property
     def split_digests(self) -> dict[str, str]:
@@ -99,6 +100,7 @@ class RunSettings:
             "split": self.split,
             "strategy": self.strategy,
             "proximal-mu": self.proximal_mu,
+            "calibration": self.calibration,
             **adversarial_keys(self.adversarial),
         }
 
@@ -119,17 +121,10 @@ class RunSettings:
         store = get("store", str)
         if not store:
             raise ConfigError("run config: 'store' is empty; pass --run-config \"store='/abs/dir'\"")
+        for key, choices in CHOICES.items():
+            if get(key, str) not in choices:
+                raise ConfigError(f"run config: {key!r} must be one of {', '.join(choices)}, got {rc[key]!r}")
         opt = get("optimizer", str)
-        if opt not in ("sgd", "adamw"):
-            raise ConfigError(f"run config: 'optimizer' must be sgd or adamw, got {opt!r}")
-        if get("strategy", str) not in STRATEGIES:
-            raise ConfigError(
-                f"run config: 'strategy' must be one of {', '.join(STRATEGIES)}, got {rc['strategy']!r}"
-            )
-        if get("batchnorm", str) not in ("recalibrate", "restart"):
-            raise ConfigError(
-                f"run config: 'batchnorm' must be recalibrate or restart, got {rc['batchnorm']!r}"
-            )
         return cls(
             arch=get("arch", str),
             architectures=tuple(a for a in get("architectures", str).split(",") if a),
@@ -160,6 +155,7 @@ class RunSettings:
             strategy=get("strategy", str),
             proximal_mu=get("proximal-mu", float),
             adversarial=_adversarial(get),
+            calibration=get("calibration", str),
         )
 
 
@@ -209,10 +205,17 @@ def run_settings_for(
         strategy=cfg.federation.strategy,
         proximal_mu=cfg.federation.proximal_mu,
         adversarial=t.adversarial,
+        calibration=t.calibration,
     )
 
 
 STRATEGIES = ("fedavg", "fedprox", "fedbn")
+CHOICES = {  # run-config keys with a fixed set of values
+    "optimizer": ("sgd", "adamw"),
+    "strategy": STRATEGIES,
+    "calibration": ("none", "youden"),
+    "batchnorm": ("recalibrate", "restart"),
+}
 
 
 def adversarial_keys(adv: AdversarialTraining | None) -> dict[str, Scalar]:
@@ -243,18 +246,3 @@ def _adversarial(get: Callable[[str, type], Any]) -> AdversarialTraining | None:
         )
     except ValueError as e:
         raise ConfigError(f"run config: {e}") from None
-
-
-def format_run_config(rc: dict[str, Scalar]) -> str:
-    """`k=v ...` in TOML syntax, for `flwr run --run-config`."""
-    parts = []
-    for k, v in rc.items():
-        if isinstance(v, bool):
-            parts.append(f"{k}={'true' if v else 'false'}")
-        elif isinstance(v, str):
-            if "'" in v:
-                raise ConfigError(f"run config value for {k!r} may not contain a single quote")
-            parts.append(f"{k}='{v}'")
-        else:
-            parts.append(f"{k}={v!r}")
-    return " ".join(parts)

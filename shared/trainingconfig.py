@@ -99,6 +99,11 @@ class TrainingConfig:
     pretrained: dict[str, Path] = field(default_factory=dict)  # arch -> local weights file
     per_arch: dict[str, ArchTraining] = field(default_factory=dict)  # arch -> exceptions
     adversarial: AdversarialTraining | None = None  # None: clean training
+    # youden: every stored model predicts at a decision threshold calibrated on validation
+    # data (a local on its site's, the global on all sites' pooled counts) and folded into
+    # its head, so the argmax every consumer uses is the calibrated rule
+    # (shared.calibration); none: argmax of the trained logits.
+    calibration: Literal["none", "youden"] = "none"
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:

@@ -69,6 +69,7 @@ def test_defense_settings_travel_through_the_run_config(tmp_path: Path) -> None:
     assert back.training_record == {
         "strategy": "fedprox mu 0.01",
         "adversarial": "pgd eps 0.03 steps 3 step 0.8*eps share 0.5 from round 1",
+        "calibration": "youden",
     }
     clean = run_settings_for(load_config(_config(tmp_path)), cfg.federation.architectures[0], tmp_path, False)
     assert RunSettings.from_run_config(clean.to_run_config()).adversarial is None

@@ -10,12 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from clients.site import Instructions, train_site
 from deploy.local import federate, node_configs
 from shared.batchnorm import pool, recalibrate, statistics
+from shared.calibration import bias_key, shift_state
 from shared.config import load_config
 from shared.data.cache import load_cached
 from shared.data.splits import load_manifest, make_splits, site_manifest_path
@@ -26,7 +28,7 @@ from shared.nodeconfig import NodeConfig
 from shared.packing import to_record
 from shared.runconfig import RunSettings, run_settings_for
 from shared.store import CheckpointStore
-from shared.training import evaluate
+from shared.training import metrics_from_logits, predict
 from tests.flower_helpers import leftovers, tiny_data, tiny_federation_config
 
 pytestmark = pytest.mark.e2e
@@ -49,8 +51,10 @@ def _val_metrics(cfg, entry, state, site: str, recalibrated: bool = False):
         train = load_cached(m, "train", cfg.data.image_size, cfg.cache_dir)
         batch = cfg.training.batch_size * 2
         recalibrate(model, make_loader(train, 1, batch, False, 0, 0), torch.device("cpu"))
-    result = evaluate(model, make_loader(val, 1, 16, False, 0, 0), torch.device("cpu"))
-    return result, len(val), (statistics(model), float(len(train)) if recalibrated else None)
+    logits, labels = predict(model, make_loader(val, 1, 16, False, 0, 0), torch.device("cpu"))
+    result = metrics_from_logits(logits, labels)
+    stats = (statistics(model), float(len(train)) if recalibrated else None)
+    return result, len(val), stats, (logits[:, 1] - logits[:, 0], labels)
 
 
 @pytest.fixture(scope="module")
@@ -97,14 +101,22 @@ def test_locals_reproduce_their_recorded_metrics_and_differ_from_global(three_ar
     for arch in ARCHS:
         g = models[f"{arch}-global"]
         g_state = store.load(g.file, g.sha256)
+        # the demo's config calibrates every model's threshold (shared.calibration): the
+        # sites evaluated the global before its threshold was folded in; undo the fold
+        assert g.training["calibration"] == "youden"
+        received = shift_state(
+            g_state, bias_key(model_from_state(arch, g.input, g_state)), -g.metrics["val-threshold"]
+        )
         weighted, total = 0.0, 0
-        site_stats, site_weights = [], []
+        site_stats, site_weights, site_margins = [], [], []
         for site in "ABCD":
             loc = models[f"{arch}-local-{site}"]
             state = store.load(loc.file, loc.sha256)
-            result, _, _ = _val_metrics(cfg, loc, state, site)
-            assert result.loss == pytest.approx(loc.metrics["val-loss"], rel=1e-4, abs=1e-5)
+            result, _, _, _ = _val_metrics(cfg, loc, state, site)
+            assert result.loss == pytest.approx(loc.metrics["val-loss"], rel=1e-4, abs=1e-4)
             assert result.accuracy == pytest.approx(loc.metrics["val-accuracy"])
+            assert result.sensitivity == pytest.approx(loc.metrics["val-sensitivity"], nan_ok=True)
+            assert loc.metrics["val-calibrated"] in (0.0, 1.0)
             diff = max(
                 float((state[k].float() - g_state[k].float()).abs().max())
                 for k in state
@@ -113,15 +125,36 @@ def test_locals_reproduce_their_recorded_metrics_and_differ_from_global(three_ar
             assert diff > 0, f"{loc.name} equals the global model"
             # the global's recorded metrics: each site evaluates it after re-estimating its
             # BatchNorm statistics on its own data
-            g_result, n, (stats, n_train) = _val_metrics(cfg, g, g_state, site, recalibrated=True)
+            g_result, n, (stats, n_train), margins = _val_metrics(cfg, g, received, site, recalibrated=True)
             weighted += g_result.loss * n
             total += n
             site_stats.append(stats)
             site_weights.append(n_train)
+            site_margins.append(margins)
         assert weighted / total == pytest.approx(g.metrics["val-loss"], rel=1e-4)
+        _assert_youden_cut(g.metrics, site_margins)
         # the stored global carries the sites' statistics pooled exactly
         for k, v in pool(site_stats, site_weights).items():
             torch.testing.assert_close(g_state[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def _assert_youden_cut(metrics: dict[str, float], site_margins) -> None:
+    """The global's recorded threshold is the cut on the 0.05 grid that maximises
+    sensitivity + specificity over all sites' validation margins, nearest 0 among ties:
+    recomputed here by brute force from the margins, not from the sites' counts."""
+    m = np.concatenate([x for x, _ in site_margins])
+    y = np.concatenate([lab for _, lab in site_margins])
+    if len(np.unique(y)) < 2:
+        assert metrics["val-calibrated"] == 0.0 and metrics["val-threshold"] == 0.0
+        return
+    best, best_t = -1.0, 0.0
+    for t in np.round(np.arange(-15.95, 15.96, 0.05), 2):
+        j = float((m[y == 1] >= t).mean() + (m[y == 0] < t).mean())
+        if j > best + 1e-9 or (abs(j - best) <= 1e-9 and abs(t) < abs(best_t)):
+            best, best_t = j, t
+    assert metrics["val-calibrated"] == 1.0
+    assert metrics["val-threshold"] == pytest.approx(best_t, abs=1e-9)
+    assert metrics["val-sensitivity"] + metrics["val-specificity"] == pytest.approx(best, abs=1e-9)
 
 
 def test_stored_global_is_the_weighted_mean_of_the_site_updates(three_arch_store) -> None:
