@@ -79,6 +79,9 @@ def report_md(
         "",
         "## 1. How good each model is before the attack (held-out test sets, argmax rule)",
         "",
+        "The rule is the stored model's argmax; a store trained with `training.calibration: youden` "
+        "has each model's validation-calibrated threshold folded into its head (manifest: val-threshold).",
+        "",
         "| model | AUC [95% CI] | sensitivity [95% CI] | specificity [95% CI] | right on the attack set |",
         "|---|---|---|---|---|",
     ]
