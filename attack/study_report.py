@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from attack.measure import Cell, Measurement
+from attack.study_compare import defense_effects_md, scatter_png
 from attack.tables import Group, Info, by_target_group, global_vs_local, study_table
-from shared.io import atomic_path, atomic_write
+from shared.io import atomic_write
 from shared.stats import Interval, wilson
 from shared.studyconfig import StudyConfig
 
@@ -54,6 +55,12 @@ def _iv(i: Interval) -> dict[str, Any]:
 def _robust(cells: list[Cell]) -> Interval:
     n = sum(c.n_correct_before for c in cells)
     return wilson(n - sum(c.n_misclassified_after for c in cells), n)
+
+
+def _counts(cells: list[Cell]) -> dict[str, int]:
+    """Robust accuracy's counts: still right after the attack (k) of right before (n)."""
+    n = sum(c.n_correct_before for c in cells)
+    return {"k": n - sum(c.n_misclassified_after for c in cells), "n": n}
 
 
 def variant_summary(attack_dir: Path, study: StudyConfig, eps: float, seed: int) -> dict[str, Any]:
@@ -93,6 +100,7 @@ def variant_summary(attack_dir: Path, study: StudyConfig, eps: float, seed: int)
                 "n_models": len(aucs),
             },
             "robust_accuracy_global": _iv(_robust([white[n] for n in glob if n in white])),
+            "robust_counts_global": _counts([white[n] for n in glob if n in white]),
             "robust_accuracy_locals": _iv(_robust([white[n] for n in locs if n in white])),
             "transfer": {},
         }
@@ -180,6 +188,7 @@ def study_md(variants: dict[str, dict[str, Any] | str], study: StudyConfig, eps:
                 f"| {name} | {arch} | {_auc(r['clean_auc_global'])} | {span} "
                 f"| {_pct(r['robust_accuracy_global'])} | {_pct(r['robust_accuracy_locals'])} |"
             )
+    lines += defense_effects_md(ok, study.robust_attack)
     lines += ["", "## Transferability", ""]
     for key in [f"{a}/{t}" for a in study.attacks for t in study.threats]:
         attack, threat = key.split("/")
@@ -218,30 +227,6 @@ def _paired(test: dict[str, Any]) -> str:
         f"global minus local targets {100 * diff['value']:+.1f} points{span} over "
         f"{test['n_pairs']} sources, p = {p} ({verdict})"
     )
-
-
-def scatter_png(variants: dict[str, dict[str, Any] | str], path: Path) -> None:
-    """Clean AUC against white-box robust accuracy, one point per model, by variant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for name, v in variants.items():
-        if not isinstance(v, dict):
-            continue
-        pts = [(m["clean_auc"], m["robust_accuracy"]) for m in v["models"].values()]
-        pts = [(x, y) for x, y in pts if x is not None and y is not None]
-        ax.scatter([x for x, _ in pts], [100 * y for _, y in pts], label=name, alpha=0.8)
-    ax.set_xlabel("clean test AUC")
-    ax.set_ylabel("white-box robust accuracy (%)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
 
 
 def write_study(

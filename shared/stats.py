@@ -2,6 +2,7 @@
 behind the study's claims. Pure numpy; one module for every report (attack, suite, study).
 
 - Wilson score intervals for proportions (transfer cells, sensitivity, specificity).
+- Newcombe's hybrid score interval for the difference of two independent proportions.
 - DeLong's variance for an AUC interval.
 - Percentile bootstrap intervals (fixed seed) for means over models.
 - An exact paired sign-flip permutation test for a mean difference over matched pairs.
@@ -60,6 +61,18 @@ def wilson(k: int, n: int, z: float = Z95) -> Interval:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return Interval(p, max(0.0, centre - half), min(1.0, centre + half))
+
+
+def newcombe(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> Interval:
+    """p1 - p2 for independent samples, with Newcombe's hybrid score interval (his method
+    10, built from the two Wilson intervals; Newcombe 1998, Stat Med 17:873)."""
+    a, b = wilson(k1, n1, z), wilson(k2, n2, z)
+    if math.isnan(a.value) or math.isnan(b.value):
+        return NAN_INTERVAL
+    d = a.value - b.value
+    low = d - math.sqrt((a.value - a.low) ** 2 + (b.high - b.value) ** 2)
+    high = d + math.sqrt((a.high - a.value) ** 2 + (b.value - b.low) ** 2)
+    return Interval(d, low, high)
 
 
 def auc_delong(scores: np.ndarray, labels: np.ndarray, z: float = Z95) -> Interval:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.stats import auc_delong, bootstrap_mean, sign_flip_test, wilson
+from shared.stats import auc_delong, bootstrap_mean, newcombe, sign_flip_test, wilson
 from shared.training import roc_auc
 
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -76,3 +76,14 @@ def test_sign_flip_test_monte_carlo_for_many_pairs() -> None:
     null = sign_flip_test(rng.normal(0, 1, 60).tolist(), seed=1)
     shifted = sign_flip_test(rng.normal(0.8, 1, 60).tolist(), seed=1)
     assert not null.exact and null.p_value > 0.05 and shifted.p_value < 0.001
+
+
+def test_newcombe_difference_matches_the_published_example() -> None:
+    # Newcombe (1998), Table II, example (a): 56/70 - 48/80, method 10: 0.0524 to 0.3339
+    d = newcombe(56, 70, 48, 80)
+    assert d.value == pytest.approx(0.2)
+    assert (d.low, d.high) == (pytest.approx(0.0524, abs=1e-4), pytest.approx(0.3339, abs=1e-4))
+    # example (d): 10/10 - 0/10 is 1.0 with the interval 0.6075 to 1.0
+    e = newcombe(10, 10, 0, 10)
+    assert (e.low, e.high) == (pytest.approx(0.6075, abs=1e-4), pytest.approx(1.0))
+    assert math.isnan(newcombe(0, 0, 1, 2).value)

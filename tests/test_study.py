@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from attack.study_compare import defense_effects, defense_effects_md
 from attack.study_report import _paired, _pct
+from shared.stats import newcombe
 from tests.cli_helpers import fedattack, refused
 from tests.flower_helpers import tiny_data, tiny_federation_config
 
@@ -60,6 +62,31 @@ def test_report_words_survive_figures_without_an_interval() -> None:
     assert _pct({"value": 0.5, "low": None, "high": None}) == "50.0% (no interval)"
 
 
+def _arch(k: int, n: int, auc: float) -> dict:
+    return {"robust_counts_global": {"k": k, "n": n}, "clean_auc_global": {"value": auc}}
+
+
+def test_defense_effects_give_the_difference_its_interval_and_a_verdict() -> None:
+    variants = {
+        "baseline": {"architectures": {"a": _arch(1, 20, 0.90), "b": _arch(5, 20, 0.85)}},
+        "adversarial": {"architectures": {"a": _arch(15, 20, 0.80), "b": _arch(7, 21, 0.80)}},
+        "fedbn": {"architectures": {"a": _arch(0, 18, 0.88)}},
+    }
+    rows = {(r["variant"], r["arch"]): r for r in defense_effects(variants)}
+    assert set(rows) == {("adversarial", "a"), ("adversarial", "b"), ("fedbn", "a")}
+    raised = rows[("adversarial", "a")]
+    d = newcombe(15, 20, 1, 20)
+    assert raised["difference"]["value"] == pytest.approx(0.7)
+    assert raised["difference"]["low"] == pytest.approx(d.low, abs=1e-6) and d.low > 0
+    assert raised["verdict"].startswith("**raised**")
+    assert raised["clean_auc_change"] == pytest.approx(-0.10)
+    assert rows[("adversarial", "b")]["verdict"].startswith("not significant")
+    assert rows[("fedbn", "a")]["verdict"].startswith("not significant")  # 0/18 vs 1/20
+    md = "\n".join(defense_effects_md(variants, "pgd"))
+    assert "| adversarial | a | 15/20 | 1/20 | +70.0 points [" in md and "| -0.100 |" in md
+    assert defense_effects({"baseline": variants["baseline"]}) == []
+
+
 def test_a_config_without_study_section_is_refused(tmp_path: Path) -> None:
     cfg = tiny_federation_config(tmp_path, tmp_path / "no-data", ["resnet18"], rounds=1)
     refused(fedattack("study", "--config", str(cfg)), "no 'study' section")
@@ -99,6 +126,9 @@ def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
         own = next(c for c in cells if c["white_box"] and c["target"] == "resnet18-global")
         n = own["n_correct_before"]
         assert robust["value"] == pytest.approx((n - own["n_misclassified_after"]) / n)
+        assert row["robust_counts_global"] == {"k": n - own["n_misclassified_after"], "n": n}
+    assert "## What each defense changes for the global models, against baseline" in md
+    assert "| fedbn | resnet18 |" in md.split("## What each defense changes")[1]
     manifest = json.loads((out / "variants/fedbn/checkpoints/manifest.json").read_text())
     assert {m["training"]["strategy"] for m in manifest["models"]} == {"fedbn"}
 
