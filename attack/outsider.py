@@ -68,6 +68,9 @@ def _key(cfg: ExperimentConfig, arch: str, digests: list[str]) -> str:
                 o.lr,
                 o.batch_size,
                 cfg.training.class_balance,
+                cfg.training.optimizer.name,
+                cfg.training.optimizer.weight_decay,
+                cfg.training.optimizer.momentum,
                 cfg.seed,
                 digests,
             ]

@@ -61,8 +61,10 @@ def defense_effects_md(variants: dict[str, dict[str, Any]], attack: str) -> list
         f"## What each defense changes for the global models, against {rows[0]['baseline']}",
         "",
         f"White-box robust accuracy under {attack}: the defense's minus the baseline's, with Newcombe's",
-        "95% interval for a difference of two independent proportions; the clean test AUC it costs",
-        "(both AUCs, with their intervals, are in the table above).",
+        "95% interval for a difference of two independent proportions (both are counted on the same",
+        "test images, so when their outcomes correlate the interval is conservative); the clean test",
+        "AUC it costs (both AUCs, with their intervals, are in the table above). Each row is its own",
+        "comparison at 95%: with several rows, one may clear its interval by chance.",
         "",
         "| variant | architecture | robust acc. (k/n) | baseline (k/n) | difference [95% CI] | verdict "
         "| clean AUC change |",

@@ -193,7 +193,9 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
         metrics,
         bn,
         personal(model) if ask.personal_bn else None,
-        histogram(before_logits, val_labels) if calibrate else None,
+        # FedBN: the margins of the site's personalised version say nothing about the
+        # stored global (its BatchNorm is an average no site uses), so none are sent
+        histogram(before_logits, val_labels) if calibrate and not ask.personal_bn else None,
     )
 
 

@@ -13,15 +13,15 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
 from server.plot import plot_metrics
 from server.strategy import check_replies, global_evaluation, log_site_replies, make_strategy, site_of
+from server.threshold import calibrated_global
 from shared.batchnorm import pool, statistics
-from shared.calibration import BINS, MARGINS, bias_key, shift_state, youden_cut
+from shared.calibration import bias_key
 from shared.errors import FederationError
 from shared.events import EventLog
 from shared.models import Classifier, build_model
@@ -59,6 +59,8 @@ class Federation:
         self.reference = build_model(
             run.arch, run.image_size, run.channels, Path(run.pretrained) if run.pretrained else None
         )
+        if run.calibration == "youden":
+            bias_key(self.reference)  # an architecture without a 2-class linear head: fail now
 
     def run_all(self) -> None:
         """FedAvg for num_rounds rounds (resuming if asked), then the fine-tune step."""
@@ -155,8 +157,12 @@ class Federation:
         self.record_evaluation(run.num_rounds, evaluation, last["sites"] if last else [])
         spec = self.reference.spec
         final, metrics = self.with_pooled_batchnorm(state, good), evaluation
-        if run.calibration == "youden":
-            final, metrics = self.calibrated(final, evaluation, good)
+        if run.calibration == "youden" and run.strategy == "fedbn":
+            # the sites validated their personalised versions, not this average: no data
+            # to cut the stored global's threshold on; it keeps argmax
+            metrics = {**evaluation, "val-threshold": 0.0, "val-calibrated": 0.0}
+        elif run.calibration == "youden":
+            final, metrics = calibrated_global(final, evaluation, good, run.arch, bias_key(self.reference))
         self.store.save_model(
             final,
             name=f"{run.arch}-global",
@@ -182,49 +188,6 @@ class Federation:
                 metrics={k: v for k, v in m.items() if not k.startswith("global-")},
                 training=run.training_record,
             )
-
-    def calibrated(
-        self, state: dict[str, torch.Tensor], evaluation: dict[str, float], replies: list[Message]
-    ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """The global with its decision threshold cut on all sites' validation margins (the
-        per-class counts each site sent, summed) and folded into its head; its validation
-        figures at that threshold (exact from the counts; loss and AUC are those of the
-        scores, which a shift of the threshold leaves ranked alike)."""
-        counts = sum((self._margin_counts(r) for r in replies), start=np.zeros((2, BINS), dtype=np.int64))
-        if (counts.sum(axis=1) == 0).any():
-            log.warning(
-                "%s: the sites' validation parts hold one class only: the global keeps the "
-                "argmax rule (raise data.split.val_fraction to calibrate it)",
-                self.run.arch,
-            )
-            return state, {**evaluation, "val-threshold": 0.0, "val-calibrated": 0.0}
-        cut = youden_cut(counts)
-        log.info(
-            "%s: global threshold %.2f on %d validation images: sensitivity %.2f -> %.2f, "
-            "specificity %.2f -> %.2f",
-            self.run.arch,
-            cut.threshold,
-            cut.n,
-            cut.argmax_sensitivity,
-            cut.sensitivity,
-            cut.argmax_specificity,
-            cut.specificity,
-        )
-        shifted = shift_state(state, bias_key(self.reference), cut.threshold)
-        return shifted, {**evaluation, **cut.as_metrics("val-"), "val-calibrated": 1.0}
-
-    @staticmethod
-    def _margin_counts(reply: Message) -> np.ndarray:
-        record = arrays_in(reply.content, MARGINS)
-        if "counts" not in record:
-            raise FederationError(f"fine-tune reply from site {site_of(reply)}: no margin counts")
-        counts = record["counts"].numpy()
-        if counts.shape != (2, BINS) or (counts < 0).any():
-            raise FederationError(
-                f"fine-tune reply from site {site_of(reply)}: margin counts of shape {counts.shape}, "
-                f"expected (2, {BINS}) non-negative"
-            )
-        return counts.astype(np.int64)
 
     def with_pooled_batchnorm(
         self, state: dict[str, torch.Tensor], replies: list[Message]

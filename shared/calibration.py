@@ -6,7 +6,8 @@ a validation sensitivity of 0.41-0.48 at specificity 0.94-0.96. Every consumer o
 model (the attack's "correctly classified", the clean test figures, the independent
 recomputation) predicts by argmax, so the calibrated rule is stored *in the model*:
 
-- the threshold is a cut `t` on the logit margin m = z_pneumonia - z_none, chosen on
+- the threshold is a cut `t` on the logit margin m = z_pneumonia - z_none (pneumonia when
+  m > t), chosen on
   validation data to maximise Youden's J (sensitivity + specificity - 1), ties broken
   towards the smallest |t| (the rule moves no further than the data asks);
 - subtracting `t` from the head's pneumonia bias makes argmax predict pneumonia exactly
@@ -47,10 +48,11 @@ def margins(logits: np.ndarray) -> np.ndarray:
 
 def histogram(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per-class counts of the margins, shape [2, BINS] (row 0: no pneumonia, row 1:
-    pneumonia); bin i holds EDGES[i] <= m < EDGES[i+1], the outer bins everything beyond."""
+    pneumonia); bin i holds EDGES[i] < m <= EDGES[i+1], the outer bins everything beyond."""
     m = margins(logits)
-    # compared with EDGES themselves, so "m >= EDGES[k]" and "bin >= k" always agree
-    idx = np.clip(np.searchsorted(EDGES, m, side="right") - 1, 0, BINS - 1)
+    # compared with EDGES themselves, so "m > EDGES[k]" and "bin >= k" always agree: the
+    # folded model's argmax calls a margin equal to the cut "no pneumonia", and so do we
+    idx = np.clip(np.searchsorted(EDGES, m, side="left") - 1, 0, BINS - 1)
     counts = np.zeros((2, BINS), dtype=np.int64)
     for c in (0, 1):
         counts[c] = np.bincount(idx[np.asarray(labels) == c], minlength=BINS)
@@ -82,7 +84,7 @@ class Cut:
 
 
 def youden_cut(counts: np.ndarray) -> Cut:
-    """The cut on EDGES[1:-1] (predict pneumonia when m >= cut) with the largest
+    """The cut on EDGES[1:-1] (predict pneumonia when m > cut) with the largest
     sensitivity + specificity; ties go to the cut nearest 0. Needs both classes."""
     counts = np.asarray(counts, dtype=np.int64)
     if counts.shape != (2, BINS):

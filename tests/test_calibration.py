@@ -8,12 +8,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
 from cli.demo import model_table
+from server.threshold import margin_counts
 from shared.calibration import (
     BINS,
     EDGES,
     LIMIT,
+    MARGINS,
     bias_key,
     head,
     histogram,
@@ -22,6 +25,7 @@ from shared.calibration import (
     youden_cut,
 )
 from shared.checkpoint import ModelEntry
+from shared.errors import FederationError
 from shared.models import InputSpec, build_model
 
 
@@ -31,7 +35,7 @@ def _logits(margins: list[float] | np.ndarray) -> np.ndarray:
 
 
 def test_a_hand_example_moves_the_threshold_to_the_gap_nearest_zero() -> None:
-    # argmax (cut 0) misses the positive at -0.52; every cut in (-1.0, -0.52] separates
+    # argmax (cut 0) misses the positive at -0.52; every cut in [-1.0, -0.52) separates
     # the classes; the one nearest 0 on the 0.05 grid is -0.55
     labels = np.array([0, 0, 1, 1])
     cut = youden_cut(histogram(_logits([-2.0, -1.0, -0.52, 1.0]), labels))
@@ -50,15 +54,15 @@ def test_the_cut_is_the_brute_force_youden_optimum_nearest_zero() -> None:
         cut = youden_cut(histogram(_logits(m), labels))
         best, best_t = -1.0, None
         for t in EDGES[1:-1]:  # independent: straight from the raw margins
-            sens = float((m[labels == 1] >= t).mean())
-            spec = float((m[labels == 0] < t).mean())
+            sens = float((m[labels == 1] > t).mean())
+            spec = float((m[labels == 0] <= t).mean())
             j = sens + spec
             if j > best + 1e-12 or (abs(j - best) <= 1e-12 and abs(t) < abs(best_t)):
                 best, best_t = j, t
         assert cut.threshold == pytest.approx(best_t)
         assert cut.sensitivity + cut.specificity == pytest.approx(best)
-        assert cut.sensitivity == pytest.approx(float((m[labels == 1] >= cut.threshold).mean()))
-        assert cut.argmax_sensitivity == pytest.approx(float((m[labels == 1] >= 0).mean()))
+        assert cut.sensitivity == pytest.approx(float((m[labels == 1] > cut.threshold).mean()))
+        assert cut.argmax_sensitivity == pytest.approx(float((m[labels == 1] > 0).mean()))
 
 
 def test_histogram_counts_every_margin_once_with_open_outer_bins() -> None:
@@ -69,9 +73,23 @@ def test_histogram_counts_every_margin_once_with_open_outer_bins() -> None:
     assert counts.shape == (2, BINS) and counts.sum() == len(m)
     assert counts[0, 0] == 1 and counts[1, 0] == 1  # -100 and -LIMIT share the first bin
     assert counts[0, BINS - 1] == 1 and counts[1, BINS - 1] == 1
-    assert counts[0, zero - 1] == 1  # -0.05 <= m < 0
-    assert counts[1, zero] == 1 and counts[0, zero] == 1  # 0.0 and 0.049: [0, 0.05)
-    assert counts[1, zero + 1] == 1
+    # bins are (EDGES[i], EDGES[i+1]]: a margin on an edge belongs below it
+    assert counts[0, zero - 2] == 1  # -0.05
+    assert counts[1, zero - 1] == 1  # 0.0: (-0.05, 0]
+    assert counts[0, zero] == 1 and counts[1, zero] == 1  # 0.049 and 0.05: (0, 0.05]
+
+
+def test_a_margin_on_the_cut_counts_as_the_folded_model_decides() -> None:
+    # the positive sits exactly on the edge -3.0: at cut -3.0 the folded head gives it a
+    # pneumonia logit equal to the other (argmax: no pneumonia), and the counts agree
+    labels = np.array([0, 0, 1, 1])
+    m = [-5.0, -4.0, -3.0, 2.0]
+    cut = youden_cut(histogram(_logits(m), labels))
+    assert cut.threshold == pytest.approx(-3.05)  # the cut nearest 0 that still takes it
+    assert (cut.sensitivity, cut.specificity) == (1.0, 1.0)
+    z = torch.tensor(_logits(m), dtype=torch.float32)
+    z[:, 1] -= -3.0  # folding the cut -3.0 instead: that positive is lost, as counted
+    assert int(z.argmax(1)[2]) == 0
 
 
 def test_one_class_or_a_wrong_shape_is_refused() -> None:
@@ -138,3 +156,28 @@ def test_the_demo_table_shows_the_threshold_and_the_argmax_figures_before_it() -
         "x-local-B", "x", "local", "B", 4, "f", "0" * 64, spec, {**metrics, "val-sensitivity": 0.4}
     )
     assert "WARNING: 1 model(s) below the bar" in model_table([below], {"models": []})
+
+
+def _reply(counts: np.ndarray, n_val: float) -> RecordDict:
+    return RecordDict(
+        {
+            "metrics": MetricRecord({"val-examples": n_val}),
+            MARGINS: ArrayRecord({"counts": Array(counts)}),
+        }
+    )
+
+
+def test_the_server_takes_only_counts_that_match_the_site_s_validation_size() -> None:
+    counts = histogram(_logits([-1.0, 0.5, 2.0]), np.array([0, 1, 1]))
+    assert margin_counts(_reply(counts, 3.0), "B").sum() == 3
+    bad = {
+        "inflated": (counts * 1000, 3.0),
+        "fractional": (counts.astype(np.float64) * 0.5, 1.5),
+        "not a number": (np.full((2, BINS), np.nan), 3.0),
+        "negative": (counts - 1, float((counts - 1).sum())),
+        "wrong shape": (counts[:, :10], 3.0),
+    }
+    for what, (c, n) in bad.items():
+        with pytest.raises(FederationError, match="site B: margin counts"):
+            margin_counts(_reply(c, n), "B")
+        assert what

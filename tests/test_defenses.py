@@ -188,6 +188,11 @@ def test_fedbn_with_adversarial_training_on_flower(tmp_path: Path, data: Path) -
     models = store.models()
     assert {m.training["strategy"] for m in models} == {"fedbn"}
     assert all(m.training["adversarial"].startswith("pgd eps 0.02 steps 2") for m in models)
+    # the sites validated their personalised versions, not the stored average: a FedBN
+    # global keeps argmax (its locals are calibrated on their own validation data)
+    glob = next(m for m in models if m.kind == "global")
+    assert glob.metrics["val-calibrated"] == 0.0 and glob.metrics["val-threshold"] == 0.0
+    assert glob.training["calibration"] == "youden"
     events = read_events(store.events_path)
     own = {(e["round"], e["site"]): e["own-batchnorm"] for e in events if e["event"] == "site-train"}
     assert own == {(r, s): float(r == 2) for r in (1, 2) for s in "ABCD"}

@@ -140,7 +140,8 @@ def test_locals_reproduce_their_recorded_metrics_and_differ_from_global(three_ar
 
 def _assert_youden_cut(metrics: dict[str, float], site_margins) -> None:
     """The global's recorded threshold is the cut on the 0.05 grid that maximises
-    sensitivity + specificity over all sites' validation margins, nearest 0 among ties:
+    sensitivity + specificity over all sites' validation margins (pneumonia when the margin
+    exceeds the cut), nearest 0 among ties:
     recomputed here by brute force from the margins, not from the sites' counts."""
     m = np.concatenate([x for x, _ in site_margins])
     y = np.concatenate([lab for _, lab in site_margins])
@@ -149,7 +150,7 @@ def _assert_youden_cut(metrics: dict[str, float], site_margins) -> None:
         return
     best, best_t = -1.0, 0.0
     for t in np.round(np.arange(-15.95, 15.96, 0.05), 2):
-        j = float((m[y == 1] >= t).mean() + (m[y == 0] < t).mean())
+        j = float((m[y == 1] > t).mean() + (m[y == 0] <= t).mean())
         if j > best + 1e-9 or (abs(j - best) <= 1e-9 and abs(t) < abs(best_t)):
             best, best_t = j, t
     assert metrics["val-calibrated"] == 1.0
