@@ -2,7 +2,7 @@
 
 A model trained on a few dozen images per site can rank well (validation AUC 0.8) and still
 call almost everything negative at the argmax rule: InceptionV3 locals of the demo reached
-a validation sensitivity of 0.41-0.48 at specificity 0.94-0.96. Every consumer of a stored
+a validation sensitivity of 0.41-0.48 at specificity 0.88-0.96. Every consumer of a stored
 model (the attack's "correctly classified", the clean test figures, the independent
 recomputation) predicts by argmax, so the calibrated rule is stored *in the model*:
 
