@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord
 
 from shared.adversarial import Proximal
 from shared.batchnorm import personal, recalibrate, statistics
-from shared.calibration import histogram, shift_model, youden_cut
+from shared.calibration import UNCALIBRATED, histogram, shift_model, youden_cut
 from shared.config import SITES
 from shared.data.cache import CachedPart, load_cached
 from shared.data.fingerprint import manifest_digest
@@ -213,7 +213,7 @@ def _calibrate(
             "rule (raise data.split.val_fraction to calibrate it)",
             site,
         )
-        return metrics_from_logits(logits, labels), {"val-threshold": 0.0, "val-calibrated": 0.0}
+        return metrics_from_logits(logits, labels), dict(UNCALIBRATED)
     cut = youden_cut(histogram(logits, labels))
     shift_model(model, cut.threshold)
     shifted = logits.astype(np.float32, copy=True)

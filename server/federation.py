@@ -21,7 +21,7 @@ from server.plot import plot_metrics
 from server.strategy import check_replies, global_evaluation, log_site_replies, make_strategy, site_of
 from server.threshold import calibrated_global
 from shared.batchnorm import pool, statistics
-from shared.calibration import bias_key
+from shared.calibration import UNCALIBRATED, bias_key
 from shared.errors import FederationError
 from shared.events import EventLog
 from shared.models import Classifier, build_model
@@ -160,7 +160,7 @@ class Federation:
         if run.calibration == "youden" and run.strategy == "fedbn":
             # the sites validated their personalised versions, not this average: no data
             # to cut the stored global's threshold on; it keeps argmax
-            metrics = {**evaluation, "val-threshold": 0.0, "val-calibrated": 0.0}
+            metrics = {**evaluation, **UNCALIBRATED}
         elif run.calibration == "youden":
             final, metrics = calibrated_global(final, evaluation, good, run.arch, bias_key(self.reference))
         self.store.save_model(

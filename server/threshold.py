@@ -11,7 +11,7 @@ import torch
 from flwr.app import Message, RecordDict
 
 from server.strategy import site_of
-from shared.calibration import BINS, MARGINS, shift_state, youden_cut
+from shared.calibration import BINS, MARGINS, UNCALIBRATED, shift_state, youden_cut
 from shared.errors import FederationError
 from shared.packing import arrays_in, metrics_in
 
@@ -40,7 +40,7 @@ def calibrated_global(
             "argmax rule (raise data.split.val_fraction to calibrate it)",
             arch,
         )
-        return state, {**evaluation, "val-threshold": 0.0, "val-calibrated": 0.0}
+        return state, {**evaluation, **UNCALIBRATED}
     cut = youden_cut(counts)
     log.info(
         "%s: global threshold %.2f on %d validation images: sensitivity %.2f -> %.2f, "

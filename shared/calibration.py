@@ -38,6 +38,8 @@ LIMIT, STEP = 16.0, 0.05
 BINS = round(2 * LIMIT / STEP)  # 640
 EDGES = np.linspace(-LIMIT, LIMIT, BINS + 1)  # cut candidates; EDGES[BINS // 2] == 0
 MARGINS = "global-val-margins"  # fine-tune reply: a site's counts for the received global
+# the record of a model that keeps argmax (no threshold could be placed for it)
+UNCALIBRATED = {"val-threshold": 0.0, "val-calibrated": 0.0}
 
 
 def margins(logits: np.ndarray) -> np.ndarray:
