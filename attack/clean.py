@@ -12,6 +12,7 @@ from torch import nn
 
 from attack.measure import Settings, batches, on_device
 from shared.stats import Interval, auc_delong, wilson
+from shared.training import margin
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,15 @@ class CleanPerformance:
 
 @torch.inference_mode()
 def scores(model: nn.Module, images: torch.Tensor, s: Settings) -> tuple[np.ndarray, np.ndarray]:
-    """(pneumonia probability, argmax is pneumonia) for every image, float32 unless
-    bfloat16 was chosen."""
+    """(pneumonia score, argmax is pneumonia) for every image, float32 unless bfloat16 was
+    chosen; the score is the logit margin (shared.training.margin), which never saturates."""
     model = on_device(model, s.device)
     prob, pred = [], []
     low = s.dtype != torch.float32
     for sl in batches(len(images), s.batch):
         with torch.autocast(s.device.type, dtype=s.dtype, enabled=low):
             logits = model(images[sl].to(s.device)).float()
-        prob.append(torch.softmax(logits, dim=1)[:, 1].cpu())
+        prob.append(torch.from_numpy(margin(logits.cpu().numpy())))
         pred.append((logits.argmax(1) == 1).cpu())
     return torch.cat(prob).numpy(), torch.cat(pred).numpy()
 
