@@ -1,4 +1,8 @@
-"""`fedattack deploy ...`: the networked deployment's commands (parsing and wiring only)."""
+"""`fedattack deploy ...`: the networked deployment's commands (parsing and wiring only).
+
+Why this module is long: it declares the arguments of ten subcommands (credentials,
+app signing, the SuperLink and its Fleet proxy, sites, submission, the store), each
+a few lines of wiring; splitting them would scatter one command line over files."""
 
 from __future__ import annotations
 
@@ -20,14 +24,54 @@ def _deploy_credentials(args: argparse.Namespace) -> int:
     from deploy.server_host import LOOPBACK_NAMES
 
     sans = list(dict.fromkeys([*args.san, *LOOPBACK_NAMES]))
-    c = make_credentials(
-        Path(args.out), sans, args.sites, args.force, Path(args.sites_dir) if args.sites_dir else None
-    )
+    opt = {
+        k: Path(v) if v else None
+        for k, v in (
+            ("sites_dir", args.sites_dir),
+            ("server_dir", args.server_dir),
+            ("operator_dir", args.operator_dir),
+        )
+    }
+    c = make_credentials(Path(args.out), sans, args.sites, args.force, **opt)
     print(f"CA certificate (give to every site and the attack host): {c.ca_cert}")
     print(f"server certificate for {', '.join(sans)}: {c.server_cert} (key {c.server_key})")
     print(f"attack host's client certificate (only to the attack host): {c.attack_cert} (key {c.attack_key})")
     for site, key in c.site_keys.items():
         print(f"site {site}: private key {key} (only to site {site}), public key {key}.pub (register)")
+    assert c.signing_key is not None
+    print(
+        f"app-signing key (stays with the operator): {c.signing_key}; its public half for every site: "
+        f"{c.signing_key.with_name('trusted-entities.yaml')}"
+    )
+    if args.sign_app:
+        _sign(c.signing_key, Path(args.sign_app))
+    return 0
+
+
+def _sign(key: Path, out: Path) -> None:
+    from deploy.appsign import sign_app
+    from deploy.connection import app_dir
+
+    app = sign_app(app_dir(), key, out)
+    print(
+        f"signed {app.app_id}=={app.version} (FAB sha256 {app.sha256[:16]}..., "
+        f"key {app.public_key_id}) into {out}"
+    )
+
+
+def _deploy_sign_app(args: argparse.Namespace) -> int:
+    _sign(Path(args.key), Path(args.out))
+    return 0
+
+
+def _deploy_fleet_proxy(args: argparse.Namespace) -> int:
+    from deploy.fleet_proxy import serve_fleet_proxy
+
+    if args.insecure == bool(args.credentials):
+        raise FedAttackError("pass exactly one of --credentials DIR (TLS) and --insecure")
+    serve_fleet_proxy(
+        args.host, args.port, args.upstream_port, None if args.insecure else Path(args.credentials)
+    )
     return 0
 
 
@@ -45,7 +89,14 @@ def _deploy_superlink(args: argparse.Namespace) -> int:
 
     if args.insecure == bool(args.credentials):
         raise FedAttackError("pass exactly one of --credentials DIR (TLS + node auth) and --insecure")
-    start_superlink(None if args.insecure else Path(args.credentials), Path(args.state), args.host, args.port)
+    start_superlink(
+        None if args.insecure else Path(args.credentials),
+        Path(args.state),
+        args.host,
+        args.port,
+        args.control_port,
+        Path(args.app) if args.app else None,
+    )
     return 0
 
 
@@ -74,6 +125,7 @@ def _deploy_supernode(args: argparse.Namespace) -> int:
         args.device,
         args.port,
         args.max_retries,
+        Path(args.trusted_entities) if args.trusted_entities else None,
     )
     return 0
 
@@ -84,7 +136,7 @@ def _deploy_submit(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, {"output_dir": args.out} if args.out else {})
     store = Path(args.store) if args.store else cfg.store_dir.absolute()
-    submit(cfg, args.superlink, _trust(args), store, args.resume, args.wait)
+    submit(cfg, args.superlink, _trust(args), store, args.resume, args.wait, signed=args.signed_app)
     print(f"all runs finished; checkpoint store: {store}")
     return 0
 
@@ -132,8 +184,28 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
         help="make each site's private key (and a CA copy) in "
         "SITES_DIR/<site>/ instead of --out; public keys still go to --out",
     )
+    c.add_argument(
+        "--server-dir", help="copy ca.crt, server.crt and server.key here (the SuperLink's folder)"
+    )
+    c.add_argument(
+        "--operator-dir", help="copy ca.crt and the sites' public keys here (for `register` and `submit`)"
+    )
+    c.add_argument("--sign-app", metavar="DIR", help="also sign this project's Flower app into DIR")
     c.add_argument("--force", action="store_true", help="remake everything (re-register the keys!)")
     c.set_defaults(func=_deploy_credentials)
+
+    g = dsub.add_parser("sign-app", help="sign the project's Flower app (sites run only signed apps)")
+    g.add_argument("--key", required=True, help="the operator's app-signing.key (Ed25519)")
+    g.add_argument("--out", required=True, help="folder for the signed FAB (the SuperLink's --app)")
+    g.set_defaults(func=_deploy_sign_app)
+
+    f = dsub.add_parser("fleet-proxy", help="publish only the SuperLink's Fleet API (what SuperNodes call)")
+    f.add_argument("--credentials", help="folder with ca.crt, server.crt, server.key")
+    f.add_argument("--insecure", action="store_true", help="plain HTTP: local experiments only")
+    f.add_argument("--host", default="0.0.0.0")
+    f.add_argument("--port", type=int, default=9093)
+    f.add_argument("--upstream-port", type=int, default=9091, help="the SuperLink's port on 127.0.0.1")
+    f.set_defaults(func=_deploy_fleet_proxy)
 
     p = dsub.add_parser(
         "prepare-data",
@@ -153,8 +225,19 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--credentials", help="folder with ca.crt, server.crt, server.key")
     s.add_argument("--insecure", action="store_true", help="no TLS, no node auth: local experiments only")
     s.add_argument("--state", required=True, help="folder for the SuperLink's database")
-    s.add_argument("--host", default="0.0.0.0")
-    s.add_argument("--port", type=int, default=9093)
+    s.add_argument("--host", default="0.0.0.0", help="where the Fleet proxy listens (the sites dial it)")
+    s.add_argument("--port", type=int, default=9093, help="the Fleet proxy's port")
+    s.add_argument(
+        "--control-port",
+        type=int,
+        default=9091,
+        help="the SuperLink's own port, on 127.0.0.1 only: for the operator's register and submit",
+    )
+    s.add_argument(
+        "--app",
+        help="folder with the signed app (`deploy sign-app --out`): with --credentials, "
+        "locks the SuperLink down (control API on loopback, only the Fleet API on --port)",
+    )
     s.set_defaults(func=_deploy_superlink)
 
     r = dsub.add_parser("register", help="register the sites' public keys with the SuperLink")
@@ -175,6 +258,11 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     n.add_argument("--device", default="", help="cuda, cuda:1, cpu (default: cuda if present)")
     n.add_argument("--port", type=int, default=9094, help="the SuperNode's local ClientAppIo port")
     n.add_argument(
+        "--trusted-entities",
+        help="lock the site down: run only apps signed by these keys (credentials' "
+        "trusted-entities.yaml), SuperExec with a shared secret",
+    )
+    n.add_argument(
         "--max-retries",
         type=int,
         default=None,
@@ -190,6 +278,12 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     u.add_argument("--store", help="checkpoint folder on the SuperLink host (default: the config's)")
     u.add_argument("--out", help="output folder (overrides output_dir)")
     u.add_argument("--resume", action="store_true")
+    u.add_argument(
+        "--signed-app",
+        action="store_true",
+        help="name the signed app the locked-down SuperLink serves (superlink --app) instead of "
+        "sending this checkout's app unsigned (sites with trusted entities refuse that)",
+    )
     u.add_argument("--wait", type=float, default=120, help="seconds to wait for the SuperLink")
     u.set_defaults(func=_deploy_submit)
 

@@ -37,6 +37,9 @@ class Connection:
     address: str  # HOST:PORT of the SuperLink
     home: Path  # the CLI's FLWR_HOME
     root_certificates: Path | None = None  # None: insecure (loopback experiments only)
+    # what `flwr run` submits: None for this checkout's app folder (unsigned), or an app
+    # spec ('@fedattack/fedattack==0.1.0') the SuperLink fetches, signed, from its hub
+    app: str | None = None
 
     def __post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -65,9 +68,8 @@ class Connection:
             ) from None
 
     def submit(self, run_config: dict) -> int:
-        res = self.flwr(
-            "run", str(app_dir()), NAME, "--run-config", format_run_config(run_config), "--format", "json"
-        )
+        app = self.app or str(app_dir())
+        res = self.flwr("run", app, NAME, "--run-config", format_run_config(run_config), "--format", "json")
         try:
             out = json.loads(res.stdout)
             if not out.get("success", False):

@@ -2,9 +2,15 @@
 
 `make_credentials` writes a private CA, a server certificate whose subject alternative
 names cover every address the SuperNodes dial, a client certificate for the attack host
-(it authenticates to `deploy serve-store`), and one ECDSA key pair per site in the
-OpenSSH format Flower's SuperNode authentication reads. deploy.checks verifies them at
-start-up.
+(it authenticates to `deploy serve-store`), one ECDSA key pair per site in the
+OpenSSH format Flower's SuperNode authentication reads, and the operator's Ed25519
+app-signing key with its public half for the sites (deploy/appsign.py). deploy.checks
+verifies them at start-up.
+
+Each party gets only what it needs: a site's folder its own key, ca.crt and
+trusted-entities.yaml; the server's folder (`server_dir`) ca.crt and the server's key
+pair; the operator's tools (`operator_dir`) ca.crt and the sites' public keys. ca.key
+and app-signing.key stay in `out`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from deploy.appsign import (
+    SIGNING_KEY,
+    TRUSTED_ENTITIES,
+    load_signing_key,
+    make_signing_key,
+    write_trusted_entities,
+)
 from deploy.checks import covers, load_cert
 from deploy.flower import CA_CERT, SERVER_CERT, SERVER_KEY
 from shared.errors import CredentialsError
@@ -46,6 +59,7 @@ class Credentials:
     site_keys: dict[str, Path]  # private keys; the public key is next to each as .pub
     attack_cert: Path | None = None  # with attack_key: the attack host's client certificate
     attack_key: Path | None = None
+    signing_key: Path | None = None  # the operator's app-signing key (trusted-entities.yaml beside)
 
 
 def _write_pair(
@@ -191,15 +205,23 @@ def make_site_key(path: Path) -> Path:
 
 
 def make_credentials(
-    out: Path, sans: list[str], sites: list[str], force: bool = False, sites_dir: Path | None = None
+    out: Path,
+    sans: list[str],
+    sites: list[str],
+    force: bool = False,
+    sites_dir: Path | None = None,
+    server_dir: Path | None = None,
+    operator_dir: Path | None = None,
 ) -> Credentials:
-    """CA + server certificate + one key pair per site under `out`. Existing files are kept
-    (a re-run, for example a compose restart, must not invalidate registered keys) unless
-    `force`; a kept server certificate must still cover every requested SAN.
+    """CA + server certificate + one key pair per site + the app-signing key under `out`.
+    Existing files are kept (a re-run, for example a compose restart, must not invalidate
+    registered keys or the sites' trusted entities) unless `force`; a kept server
+    certificate must still cover every requested SAN.
 
     With `sites_dir`, each site's private key is made in `sites_dir/<site>/` (the site's own
-    volume, which no other site mounts) with a copy of the CA certificate; only the public
-    key goes to `out`."""
+    volume, which no other site mounts) with copies of the CA certificate and of
+    trusted-entities.yaml; only the public key goes to `out`. `server_dir` and
+    `operator_dir` get copies of what the SuperLink and the operator's tools need."""
     out = Path(out)
     check_sans(sans)
     if force or not (out / CA_CERT).exists():
@@ -209,6 +231,11 @@ def make_credentials(
         make_server_cert(out, sans)
     if force or not (out / ATTACK_CERT).exists() or not (out / ATTACK_KEY).exists():
         make_attack_cert(out)
+    signing = out / SIGNING_KEY
+    if force or not signing.exists():
+        make_signing_key(signing)
+    elif not (out / TRUSTED_ENTITIES).exists():
+        write_trusted_entities(out / TRUSTED_ENTITIES, load_signing_key(signing).public_key())
     keys = {}
     for site in sites:
         home = Path(sites_dir) / site if sites_dir else out
@@ -218,8 +245,16 @@ def make_credentials(
         if sites_dir:
             pub = path.with_name(path.name + ".pub")
             atomic_write(out / pub.name, pub.read_bytes(), private=False)
-            atomic_write(home / CA_CERT, (out / CA_CERT).read_bytes(), private=False)
+            _copy(out, home, [CA_CERT, TRUSTED_ENTITIES])
         keys[site] = path
-    return Credentials(
-        out / CA_CERT, server_cert, out / SERVER_KEY, keys, out / ATTACK_CERT, out / ATTACK_KEY
-    )
+    if server_dir:
+        _copy(out, Path(server_dir), [CA_CERT, SERVER_CERT, SERVER_KEY])
+    if operator_dir:
+        _copy(out, Path(operator_dir), [CA_CERT, *(f"{site_key_name(s)}.pub" for s in sites)])
+    attack = (out / ATTACK_CERT, out / ATTACK_KEY)
+    return Credentials(out / CA_CERT, server_cert, out / SERVER_KEY, keys, *attack, signing)
+
+
+def _copy(src: Path, dst: Path, names: list[str]) -> None:  # a private key stays 0600
+    for name in names:
+        atomic_write(dst / name, (src / name).read_bytes(), private=name.endswith(".key"))

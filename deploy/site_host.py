@@ -1,14 +1,19 @@
-"""A site host of a networked deployment: check the site's inputs, then become its
-SuperNode (TLS to the SuperLink, authenticated with the site's own key)."""
+"""A site host of a networked deployment: check the site's inputs, then run its SuperNode
+(TLS to the SuperLink, authenticated with the site's own key). With TLS and trusted
+entities it is locked down: it runs only apps signed by a key in the site's trusted-entities.yaml, and its
+SuperExec is a process of its own holding a shared secret, so that no other process on
+the host can take the site's tasks (the global model, the run's settings) off its
+Runtime API on loopback."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from deploy.appsign import check_trusted_entities
 from deploy.checks import check_node_key, probe_tls, resolve, split_address
-from deploy.flower import environ, supernode_command
-from deploy.readable import exec_readable
+from deploy.flower import Lockdown, environ, new_superexec_secret, superexec_command, supernode_command
+from deploy.readable import Child, exec_readable, run_together
 from shared.data.splits import load_manifest, site_manifest_path
 from shared.errors import DatasetError, DeploymentError
 from shared.nodeconfig import NodeConfig
@@ -53,11 +58,33 @@ def start_supernode(
     device: str = "",
     port: int = 9094,
     max_retries: int | None = None,
+    trusted_entities: Path | None = None,
 ) -> None:
-    """Check, then run `flower-supernode` (never returns; deploy/readable.py)."""
+    """Check, then run `flower-supernode` (never returns; deploy/readable.py); with TLS and
+    `trusted_entities`, locked down (apps signed by those keys only; a SuperExec of its own
+    with the shared secret)."""
     probe = check_site_inputs(site, address, data, ca, key)
-    cmd = supernode_command(site_node_config(site, data, device), address, port, ca, key, max_retries)
-    mode = "INSECURE" if ca is None else "TLS + node authentication"
-    print(f"site {site}: SuperNode for {address} ({mode}; SuperLink: {probe}); data {data}", flush=True)
-    home = os.environ.get("FLWR_HOME", str(Path(data).absolute() / "flwr-home"))
-    exec_readable(cmd, environ(FLWR_HOME=home))
+    node = site_node_config(site, data, device)
+    home = Path(os.environ.get("FLWR_HOME", str(Path(data).absolute() / "flwr-home")))
+    if ca is None or trusted_entities is None:
+        cmd = supernode_command(node, address, port, ca, key, max_retries)
+        mode = "INSECURE" if ca is None else "TLS + node authentication, not locked down"
+        print(f"site {site}: SuperNode for {address} ({mode}; SuperLink: {probe}); data {data}", flush=True)
+        exec_readable(cmd, environ(FLWR_HOME=str(home)))
+    trusted = Path(trusted_entities)
+    check_trusted_entities(trusted)
+    home.mkdir(parents=True, exist_ok=True)
+    lockdown = Lockdown(new_superexec_secret(home), trusted)
+    apps = f"apps signed by a key in {trusted}"
+    print(
+        f"site {site}: SuperNode for {address} (TLS + node authentication; SuperLink: {probe}); "
+        f"runs {apps}; data {data}",
+        flush=True,
+    )
+    env = environ(FLWR_HOME=str(home))
+    run_together(
+        [
+            Child("supernode", supernode_command(node, address, port, ca, key, max_retries, lockdown), env),
+            Child("superexec", superexec_command(f"127.0.0.1:{port}", lockdown.secret, None), env),
+        ]
+    )

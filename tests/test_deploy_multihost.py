@@ -152,7 +152,7 @@ def test_every_compose_service_ran_as_written(deployment) -> None:
 def test_credentials_keep_site_keys_in_site_folders(deployment) -> None:
     creds, sites = deployment["paths"]["/credentials"], deployment["paths"]["/sites"]
     keys = sorted(p.name for p in creds.iterdir() if p.name.endswith(".key"))
-    assert keys == ["attack.key", "ca.key", "server.key"]
+    assert keys == ["app-signing.key", "attack.key", "ca.key", "server.key"]
     for site in SITES:
         key = sites / site / f"site-{site}.key"
         assert key.stat().st_mode & 0o777 == 0o600
