@@ -99,6 +99,14 @@ class Connection:
         """Ask the SuperLink to stop a run (used when a sibling run failed)."""
         self.flwr("stop", str(run_id), NAME)
 
+    def log(self, run_id: int) -> str:
+        """The run's log as the SuperLink keeps it (the ServerApp's output), '' if unavailable."""
+        try:
+            res = self.flwr("log", str(run_id), NAME, "--show", timeout=60)
+        except DeploymentError:
+            return ""
+        return res.stdout if res.returncode == 0 else ""
+
     def register(self, public_key: Path) -> str:
         """Register a SuperNode's public key; 'registered' or 'already registered'."""
         res = self.flwr("supernode", "register", str(Path(public_key).absolute()), NAME)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -159,11 +160,36 @@ def _wait(
         for w in waiting:
             status = statuses.get(w.run_id, "unknown")
             if status.startswith("finished"):
-                _finished(w, status, progress, logs_hint)
+                _finished(w, status, progress, functools.partial(_why, conn, w.run_id, logs_hint))
 
 
-def _finished(w: Watched, status: str, progress: ProgressPrinter | None, logs_hint: str) -> None:
-    """A run the SuperLink reports finished: done, or a FederationError with the reason."""
+_ERROR_LINE = re.compile(r"\b[A-Za-z_][\w.]*(Error|Exception): \S")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def reason_from_log(text: str) -> str | None:
+    """The error a run's log (`flwr log`) ends on: its last `SomethingError: ...` line, else
+    its last ERROR line; None when it holds neither."""
+    lines = [_ANSI.sub("", ln).strip() for ln in text.splitlines()]
+    for pattern in (_ERROR_LINE, re.compile(r"\bERROR\b")):
+        found = [ln for ln in lines if pattern.search(ln)]
+        if found:
+            return found[-1]
+    return None
+
+
+def _why(conn: Connection, run_id: int, logs_hint: str) -> str:
+    """What to tell the user about a run that failed without an event: the error its log
+    ends on, or where to look."""
+    reason = reason_from_log(conn.log(run_id))
+    return f"its log says: {reason}" if reason else f"see {logs_hint}"
+
+
+def _finished(
+    w: Watched, status: str, progress: ProgressPrinter | None, why: Callable[[], str] = lambda: "see its log"
+) -> None:
+    """A run the SuperLink reports finished: done, or a FederationError with the reason
+    (from its events, else from `why`, which asks the run's log)."""
     if progress is not None:
         w.events += [e for e in progress.poll() if e.get("arch") == w.arch]
         reason = w.failure()
@@ -178,9 +204,9 @@ def _finished(w: Watched, status: str, progress: ProgressPrinter | None, logs_hi
             w.done = True
             return
         if not any(e["event"] == "run-done" for e in w.events):
-            raise FederationError(f"{w.arch}: run {w.run_id} ended as {status!r}; see {logs_hint}")
+            raise FederationError(f"{w.arch}: run {w.run_id} ended as {status!r}; {why()}")
     if status != "finished:completed":
-        raise FederationError(f"{w.arch}: run {w.run_id} ended as {status!r}; see {logs_hint}")
+        raise FederationError(f"{w.arch}: run {w.run_id} ended as {status!r}; {why()}")
     if progress is None:
         print(f"[{w.arch}] run {w.run_id} complete", flush=True)
     w.done = True

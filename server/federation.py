@@ -9,6 +9,7 @@ which saves one full Flower round trip per round.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -207,5 +208,16 @@ class Federation:
 
 
 def run_federation(grid: Grid, run: RunSettings) -> None:
-    """The ServerApp's whole job for one architecture."""
-    Federation(grid, run).run_all()
+    """The ServerApp's whole job for one architecture. An error in the set-up (a store
+    folder it cannot write, a model it cannot build) is recorded as a run-failed event
+    where the store can take one, and goes to the run's log (`flwr log`) either way, where
+    the submitting CLI reads it when the store has nothing."""
+    try:
+        federation = Federation(grid, run)
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+        log.error("%s: the ServerApp could not start: %s", run.arch, reason)
+        with contextlib.suppress(OSError):
+            EventLog(CheckpointStore(run.store).events_path).write("run-failed", arch=run.arch, reason=reason)
+        raise
+    federation.run_all()

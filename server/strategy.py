@@ -45,9 +45,20 @@ def check_replies(
     if len(good) < run.min_sites:
         raise FederationError(
             f"{run.arch} {stage} round {rnd}: {len(good)} of the required {run.min_sites} sites "
-            f"replied ({', '.join(sorted(sites)) or 'none'}). " + " | ".join(errors)
+            f"replied ({', '.join(sorted(sites)) or 'none'}). " + " | ".join(errors) + _hint(errors)
         )
     return sorted(good, key=site_of)
+
+
+UNSIGNED_HINT = (
+    " (the sites run only apps signed with the operator's key: submit with `fedattack deploy "
+    "submit --signed-app` to the SuperLink started with --app, which serves the signed app)"
+)
+
+
+def _hint(errors: list[str]) -> str:
+    """What to do about the errors Flower's SuperNodes reply with, where it is known."""
+    return UNSIGNED_HINT if any("could not be verified" in e for e in errors) else ""
 
 
 def global_evaluation(replies: list[Message]) -> dict[str, float]:

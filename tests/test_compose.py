@@ -95,6 +95,41 @@ def test_secure_by_default_and_insecure_only_by_override() -> None:
     assert "--credentials" in default["superlink"]["command"]
     insecure = _merged(["docker-compose.yml", "docker-compose.insecure.yml"])["services"]
     assert "--insecure" in insecure["superlink"]["command"]
+    for site in "abcd":
+        assert "--trusted-entities" not in insecure[f"site-{site}"]["command"]
+
+
+def _volumes(svc: dict) -> set[str]:
+    return {str(v).split(":")[0] if isinstance(v, str) else v["source"] for v in svc.get("volumes", [])}
+
+
+def test_locked_down_by_default() -> None:
+    """Only the operator's tools reach the SuperLink's Control API (they share its network
+    namespace and dial its loopback), the sites reach only the Fleet proxy and run only
+    the signed app, and the keys that sign stay in a volume no long-running service mounts."""
+    services = _merged(["docker-compose.yml"])["services"]
+    link = services["superlink"]["command"]
+    assert link[link.index("--credentials") + 1] == "/server"
+    assert link[link.index("--app") + 1] == "/server/app"
+    assert _volumes(services["superlink"]) == {"server", "superlink-state", "checkpoints"}
+    for name in ("register", "job"):
+        svc = services[name]
+        assert svc["network_mode"] == "service:superlink", name
+        cmd = svc["command"]
+        assert cmd[cmd.index("--superlink") + 1] == "127.0.0.1:9091", name
+        assert cmd[cmd.index("--root-certificates") + 1] == "/operator/ca.crt", name
+        assert "credentials" not in _volumes(svc), name
+    assert "--signed-app" in services["job"]["command"]
+    for site in "ABCD":
+        cmd = services[f"site-{site.lower()}"]["command"]
+        assert cmd[cmd.index("--superlink") + 1] == "superlink:9093"
+        assert cmd[cmd.index("--trusted-entities") + 1] == f"/sites/{site}/trusted-entities.yaml"
+    holders = sorted(n for n, svc in services.items() if "credentials" in _volumes(svc))
+    assert holders == ["credentials"]  # ca.key and app-signing.key: the one-shot that made them
+    (port,) = services["superlink"]["ports"]  # compose 1.29 prints the short form
+    if isinstance(port, dict):
+        port = f"{port['host_ip']}:{port['published']}:{port['target']}"
+    assert port.split("/")[0] == "127.0.0.1:9093:9093", port
 
 
 def test_gpu_override_reserves_a_gpu_per_site_and_for_the_attack() -> None:

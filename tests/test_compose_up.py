@@ -103,6 +103,29 @@ def test_superlink_ran_with_tls_and_node_auth(stack) -> None:
         assert "TLS + node authentication" in st.compose("logs", "--no-color", site), site
 
 
+def test_sites_network_reaches_only_the_fleet_api(stack) -> None:
+    """From a site's container (the federation network, holding ca.crt): the Control API
+    behind the published port answers 403, the SuperLink's own port is closed, and the
+    SuperLink runs with the SuperExec secret, the signed app and trusted entities at the sites."""
+    st, _, _ = stack
+    probe = (
+        "import socket,ssl,urllib.request,urllib.error\n"
+        "ctx = ssl.create_default_context(cafile='/sites/A/ca.crt')\n"
+        "req = urllib.request.Request('https://superlink:9093/v1/control/list-runs', b'', "
+        "{'Content-Type': 'application/protobuf'}, method='POST')\n"
+        "try:\n    print(urllib.request.urlopen(req, context=ctx, timeout=20).status)\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+        "s = socket.socket(); s.settimeout(5); print(s.connect_ex(('superlink', 9091)) != 0)\n"
+    )
+    out = sh([docker(), "exec", st.cid("site-a"), "python", "-c", probe], st.env).split()
+    assert out == ["403", "True"], out
+    link = st.compose("logs", "--no-color", "superlink")
+    assert "on 127.0.0.1:9091 for the operator's tools" in link and "(nothing else)" in link, link[-2000:]
+    assert "runs apps signed by a key in /sites/A/trusted-entities.yaml" in st.compose(
+        "logs", "--no-color", "site-a"
+    )
+
+
 def test_service_logs_read_as_plain_lines(stack) -> None:
     """What `docker compose up` shows: Flower's lines without colour escapes and without
     the empty "INFO :" lines between them (deploy/readable.py), the job's round progress."""

@@ -1,9 +1,13 @@
 """The networked deployment, for real: the SuperLink and each site's SuperNode in its own
 network namespace (its own "host" and address), TLS on every link, SuperNode
-authentication, persistent SuperLink state. The commands are read from
+authentication, persistent SuperLink state, locked down (the sites' network reaches only
+the Fleet proxy; the sites run only the signed app). The commands are read from
 docker-compose.yml, with the container paths mapped to folders here, so this test runs
-exactly what `docker compose up` runs. Then the refusals: an unregistered key, an
-insecure SuperNode, a certificate without the dialled address."""
+exactly what `docker compose up` runs (`register` and `job`, which share the SuperLink's
+network namespace there, run in its namespace here). Then the refusals: an unregistered
+key, an insecure SuperNode, a certificate without the dialled address, and an attacker
+host holding ca.crt that can neither register a key, list runs nor submit one, an
+unsigned app the sites refuse, an anonymous caller of the SuperLink's Runtime API."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import yaml
 from attack.fetch import fetch_state, read_manifest, tls_context
 from deploy.connection import Connection
 from deploy.credentials import make_site_key
-from deploy.flower import path_with_bin, supernode_command
+from deploy.flower import flwr_bin, path_with_bin, supernode_command
 from deploy.processes import ProcessGroup, tail, wait_for_port
 from deploy.site_host import site_node_config
 from shared.errors import CheckpointError
@@ -78,7 +82,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
     tag, subnet = f"{os.getpid() % 10000}", f"10.231.{random.randint(1, 250)}"
     paths = {
         p: tmp / p.strip("/").replace("/", "-")
-        for p in ("/credentials", "/sites", "/state", "/work", "/data/raw")
+        for p in ("/credentials", "/server", "/operator", "/sites", "/state", "/work", "/data/raw")
     }
     paths["/runs"] = tmp / "runs"
     cfg = write_config(
@@ -105,8 +109,12 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
         link_ip, alt_ip = net.add_host("link", 1, 2)  # alt_ip: not in the certificate
         for i, site in enumerate(SITES):
             net.add_host(f"site-{site.lower()}", 11 + i)
+        net.add_host("attacker", 30)  # on the sites' network, holding nothing but ca.crt
         net.check_links("link", link_ip)  # within seconds, naming the cause, not a 14-minute hang
         cmd = {name: mapped(svc["command"], paths, link_ip) for name, svc in services.items()}
+        for name, svc in services.items():  # compose: network_mode "service:superlink"
+            if svc.get("network_mode") == "service:superlink":
+                cmd[name] = net.run_in("link", cmd[name])
         ran: dict[str, subprocess.CompletedProcess | None] = {}
         try:
             for name in ("credentials", "data-init"):
@@ -153,6 +161,9 @@ def test_credentials_keep_site_keys_in_site_folders(deployment) -> None:
     creds, sites = deployment["paths"]["/credentials"], deployment["paths"]["/sites"]
     keys = sorted(p.name for p in creds.iterdir() if p.name.endswith(".key"))
     assert keys == ["app-signing.key", "attack.key", "ca.key", "server.key"]
+    server, operator = deployment["paths"]["/server"], deployment["paths"]["/operator"]
+    assert sorted(p.name for p in server.iterdir()) == ["app", "ca.crt", "server.crt", "server.key"]
+    assert sorted(p.name for p in operator.iterdir()) == ["ca.crt", *(f"site-{s}.key.pub" for s in SITES)]
     for site in SITES:
         key = sites / site / f"site-{site}.key"
         assert key.stat().st_mode & 0o777 == 0o600
@@ -183,11 +194,13 @@ def test_federation_over_tls_with_node_auth_completes(deployment) -> None:
     assert len(manifest["models"]) == 5  # 1 global + 4 locals
     assert "[resnet50] round 1 done (sites A,B,C,D)" in job.stdout
     link_log = (deployment["group"].log_dir / "superlink.log").read_text()
-    assert "TLS + SuperNode authentication" in link_log
+    assert "TLS + SuperNode authentication) on 127.0.0.1:9091" in link_log
+    assert "the Fleet API for the sites on 0.0.0.0:9093 (nothing else)" in link_log
     assert (deployment["paths"]["/state"] / "superlink.db").stat().st_size > 0
     for site in SITES:
         log = (deployment["group"].log_dir / f"site-{site.lower()}.log").read_text()
         assert f"site {site}: SuperNode for {deployment['link_ip']}:9093 (TLS + node authentication" in log
+        assert "runs apps signed by a key in" in log
 
 
 def test_registration_is_idempotent(deployment) -> None:
@@ -297,12 +310,105 @@ def test_certificate_without_the_dialled_address_is_refused(deployment) -> None:
     assert "mismatch" in text or "CERTIFICATE_VERIFY_FAILED" in text, text[-3000:]
 
 
-def test_only_the_four_sites_are_online(deployment, tmp_path: Path) -> None:
-    conn = Connection(
-        f"{deployment['link_ip']}:9093", tmp_path / "cli", deployment["paths"]["/credentials"] / "ca.crt"
+def _flwr(deployment, host: str, address: str, *args: str, home: Path) -> subprocess.CompletedProcess:
+    """The Flower CLI run on `host`, with a connection to `address` that trusts ca.crt."""
+    Connection(address, home, deployment["paths"]["/operator"] / "ca.crt")  # writes its config.toml
+    return subprocess.run(
+        deployment["net"].run_in(host, [flwr_bin("flwr"), *args]),
+        env={**os.environ, "FLWR_HOME": str(home), "PATH": path_with_bin()},
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
     )
-    online = [n for n in conn.nodes() if n["status"] == "online"]
-    assert len(online) == 4, conn.nodes()
+
+
+def test_only_the_four_sites_are_online(deployment, tmp_path: Path) -> None:
+    """Asked where the operator asks: on the server host's loopback."""
+    res = _flwr(
+        deployment, "link", "127.0.0.1:9091", "supernode", "list", "target", "--format", "json", home=tmp_path
+    )
+    online = [n for n in json.loads(res.stdout)["nodes"] if n["status"] == "online"]
+    assert len(online) == 4, res.stdout + res.stderr
+
+
+def _refused_cli(res: subprocess.CompletedProcess) -> str:
+    text = res.stdout + res.stderr
+    try:
+        success = json.loads(res.stdout).get("success", True)
+    except json.JSONDecodeError:
+        success = res.returncode == 0
+    assert res.returncode != 0 or not success, text
+    return text
+
+
+def test_attacker_with_the_ca_cannot_register_list_or_submit(deployment, tmp_path: Path) -> None:
+    """The sites' network sees only the Fleet proxy: the Control API answers 403 there."""
+    d = deployment
+    fleet = f"{d['link_ip']}:9093"
+    key = make_site_key(tmp_path / "intruder.key")
+    res = run_one_shot(
+        d["net"].run_in("attacker", [str(BIN / "fedattack"), "deploy", "register", "--superlink", fleet,
+                                     "--root-certificates", str(d["paths"]["/operator"] / "ca.crt"),
+                                     "--public-key", f"{key}.pub", "--wait", "20"])
+    )  # fmt: skip
+    assert res.returncode != 0 and "403" in res.stdout + res.stderr, res.stdout + res.stderr
+    text = _refused_cli(_flwr(d, "attacker", fleet, "ls", "target", "--format", "json", home=tmp_path / "ls"))
+    assert "403" in text or "Forbidden" in text, text
+    run = _flwr(d, "attacker", fleet, "run", str(REPO), "target", "--format", "json", home=tmp_path / "run")
+    text = _refused_cli(run)
+    assert "403" in text or "Forbidden" in text, text
+    # the SuperLink's own port is not on the network at all
+    probe = (
+        "import socket,sys; s=socket.socket(); s.settimeout(5); sys.exit(s.connect_ex((sys.argv[1], 9091)))"
+    )
+    res = subprocess.run(d["net"].run_in("attacker", [sys.executable, "-c", probe, d["link_ip"]]), timeout=30)
+    assert res.returncode != 0
+
+
+def test_anonymous_runtime_api_caller_is_refused(deployment) -> None:
+    """A process on the server host without the SuperExec secret cannot take a run's tasks."""
+    d = deployment
+    call = (
+        "import ssl,sys,urllib.request,urllib.error\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[1])\n"
+        "req = urllib.request.Request('https://127.0.0.1:9091/v1/runtime/acquire-task', b'', "
+        "{'Content-Type': 'application/protobuf'}, method='POST')\n"
+        "try:\n    print(urllib.request.urlopen(req, context=ctx, timeout=20).status)\n"
+        "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+    )
+    ca = str(d["paths"]["/operator"] / "ca.crt")
+    res = subprocess.run(d["net"].run_in("link", [sys.executable, "-c", call, ca]), capture_output=True,
+                         text=True, timeout=60)  # fmt: skip
+    assert res.stdout.strip() in ("401", "403"), res.stdout + res.stderr
+
+
+def test_sites_refuse_an_unsigned_app(deployment, tmp_path: Path) -> None:
+    """Submitted by the operator, but not the signed app: every site replies that the FAB
+    could not be verified, and the submitter says what to do."""
+    d = deployment
+    cmd = [*d["cmd"]["job"]]
+    cmd.remove("--signed-app")
+    cmd[cmd.index("--store") + 1] = str(tmp_path / "unsigned-store")  # not the study's store
+    res = run_one_shot(cmd, timeout=600)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0, _fail(d, res)
+    assert "The FAB could not be verified" in text and "--signed-app" in text, _fail(d, res)
+    for site in SITES:
+        log = (d["group"].log_dir / f"site-{site.lower()}.log").read_text()
+        assert "could not be verified" in log or "verification failed" in log, site
+
+
+def test_a_serverapp_that_cannot_start_says_why(deployment) -> None:
+    """A store folder the ServerApp cannot create: no event can be written, so the
+    submitter reads the reason from the run's log (`flwr log`) instead of "see the log"."""
+    cmd = [*deployment["cmd"]["job"]]
+    cmd[cmd.index("--store") + 1] = "/proc/fedattack-store"  # not creatable, also for root
+    res = run_one_shot(cmd, timeout=300)
+    text = res.stdout + res.stderr
+    assert res.returncode != 0, _fail(deployment, res)
+    assert "its log says:" in text and "/proc/fedattack-store" in text, _fail(deployment, res)
 
 
 def test_attack_host_pulls_the_store_over_https(deployment, tmp_path: Path) -> None:
