@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.connection import Connection
+from deploy.readable import strip_escapes
 from shared.config import ExperimentConfig
 from shared.errors import FederationError
 from shared.events import read_events
@@ -164,14 +165,14 @@ def _wait(
 
 
 _ERROR_LINE = re.compile(r"\b[A-Za-z_][\w.]*(Error|Exception): \S")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ERROR_LEVEL = re.compile(r"\bERROR\b")
 
 
 def reason_from_log(text: str) -> str | None:
     """The error a run's log (`flwr log`) ends on: its last `SomethingError: ...` line, else
     its last ERROR line; None when it holds neither."""
-    lines = [_ANSI.sub("", ln).strip() for ln in text.splitlines()]
-    for pattern in (_ERROR_LINE, re.compile(r"\bERROR\b")):
+    lines = [ln.strip() for ln in strip_escapes(text).splitlines()]
+    for pattern in (_ERROR_LINE, _ERROR_LEVEL):
         found = [ln for ln in lines if pattern.search(ln)]
         if found:
             return found[-1]
@@ -185,9 +186,7 @@ def _why(conn: Connection, run_id: int, logs_hint: str) -> str:
     return f"its log says: {reason}" if reason else f"see {logs_hint}"
 
 
-def _finished(
-    w: Watched, status: str, progress: ProgressPrinter | None, why: Callable[[], str] = lambda: "see its log"
-) -> None:
+def _finished(w: Watched, status: str, progress: ProgressPrinter | None, why: Callable[[], str]) -> None:
     """A run the SuperLink reports finished: done, or a FederationError with the reason
     (from its events, else from `why`, which asks the run's log)."""
     if progress is not None:

@@ -34,9 +34,14 @@ _LEVEL_ONLY = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*:\s*$")
 _LEVEL_PAD = re.compile(r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s*:\s+")
 
 
+def strip_escapes(text: str) -> str:
+    """The text without terminal escape sequences (Flower's colours)."""
+    return _ANSI.sub("", text)
+
+
 def clean(line: str) -> str | None:
     """The line without escapes and padding; None for a line that says nothing."""
-    text = _ANSI.sub("", line).rstrip()
+    text = strip_escapes(line).rstrip()
     if not text.strip() or _LEVEL_ONLY.match(text):
         return None
     return _LEVEL_PAD.sub(r"\1: ", text)

@@ -38,18 +38,3 @@ def test_roundtrip_and_bad_values() -> None:
         RunSettings.from_run_config({**rc, "store": ""})
     with pytest.raises(ConfigError, match=r"not in federation\.architectures"):
         run_settings_for(cfg, "vgg16", Path("/tmp/store"), False)
-
-
-def test_reason_from_a_run_log_is_its_last_error() -> None:
-    from deploy.progress import reason_from_log
-
-    log = (
-        "\x1b[92mINFO \x1b[0m:      Starting run 7\n"
-        "ERROR :      resnet50: the ServerApp could not start: PermissionError: [Errno 1] /x/events.jsonl\n"
-        "Traceback (most recent call last):\n"
-        '  File "server/federation.py", line 12, in run_federation\n'
-        "PermissionError: [Errno 1] Operation not permitted: '/x/events.jsonl'\n"
-    )
-    assert reason_from_log(log) == "PermissionError: [Errno 1] Operation not permitted: '/x/events.jsonl'"
-    assert reason_from_log("INFO : all good\n") is None
-    assert reason_from_log("ERROR : something broke\nINFO : bye\n") == "ERROR : something broke"
