@@ -24,7 +24,7 @@ from shared.data.splits import load_manifest
 from shared.data.torchdata import CachedDataset
 from shared.errors import AttackError, CheckpointError
 from shared.io import atomic_write
-from shared.models import build_model, model_from_state
+from shared.models import Classifier, build_model, model_from_state
 from shared.training import (
     balanced_weights,
     evaluate,
@@ -56,6 +56,11 @@ def _public(cfg: ExperimentConfig, part: str) -> tuple[ConcatDataset, list[str]]
     return ConcatDataset(sets), digests
 
 
+def _fresh(cfg: ExperimentConfig, arch: str) -> Classifier:
+    """An untrained surrogate of `arch`, seeing images at the size the federation's do."""
+    return build_model(arch, cfg.data.image_size, cfg.data.channels, net_size=cfg.training.net_size(arch))
+
+
 def _key(cfg: ExperimentConfig, arch: str, digests: list[str]) -> str:
     o = cfg.attack.outsider
     return sha256_bytes(
@@ -64,6 +69,7 @@ def _key(cfg: ExperimentConfig, arch: str, digests: list[str]) -> str:
                 arch,
                 cfg.data.image_size,
                 cfg.data.channels,
+                cfg.training.net_size(arch),
                 o.epochs,
                 o.lr,
                 o.batch_size,
@@ -94,9 +100,7 @@ def train_outsiders(cfg: ExperimentConfig, out: Path, archs: tuple[str, ...]) ->
                 state = decode_state(
                     (out / entry["file"]).read_bytes(), entry["sha256"], str(out / entry["file"])
                 )
-                models[arch] = model_from_state(
-                    arch, build_model(arch, cfg.data.image_size, cfg.data.channels).spec, state
-                )
+                models[arch] = model_from_state(arch, _fresh(cfg, arch).spec, state)
                 log.info("outsider %s: reusing %s (val AUC %.3f)", arch, entry["file"], entry["val-auc"])
                 continue
             except CheckpointError as e:
@@ -119,7 +123,7 @@ def _train(
 ) -> tuple[nn.Module, float]:
     o = cfg.attack.outsider
     torch.manual_seed(cfg.seed + 991)
-    model = prepare(build_model(arch, cfg.data.image_size, cfg.data.channels), device)
+    model = prepare(_fresh(cfg, arch), device, training=True)
     g = torch.Generator().manual_seed(cfg.seed + 17)
     loader = DataLoader(
         train, batch_size=o.batch_size, shuffle=True, drop_last=len(train) > o.batch_size, generator=g
@@ -146,4 +150,5 @@ def _train(
         f"[outsider] {arch}: train loss {loss:.3f}, public val AUC {result.auc:.3f} (n={result.n})",
         flush=True,
     )
-    return model.cpu().eval(), float(result.auc)
+    # back to the default layout: a surrogate crafts alike whether trained now or reused
+    return model.cpu().to(memory_format=torch.contiguous_format).eval(), float(result.auc)

@@ -97,7 +97,7 @@ def site_data(node: NodeConfig, run: RunSettings, part: str) -> CachedPart:
 
 def model_with(run: RunSettings, arrays: ArrayRecord, where: str) -> Classifier:
     """Build the run's architecture and load the packed weights received from the server."""
-    model = build_model(run.arch, run.image_size, run.channels)
+    model = build_model(run.arch, run.image_size, run.channels, net_size=run.net_size)
     model.load_state_dict(from_record(arrays, model.state_dict(), where))
     return model
 
@@ -128,7 +128,7 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
     if own_bn:
         assert ask.kept_bn is not None
         keep_personal_bn(received, ask.kept_bn, f"site {site.site}'s kept BatchNorm")
-    model = prepare(received, device)
+    model = prepare(received, device, training=True)
     train = site_data(site, run, "train")
     val = site_data(site, run, "val")
     val_loader = make_loader(val, run.channels, run.batch_size * 2, False, 0, 0)

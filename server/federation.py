@@ -58,7 +58,11 @@ class Federation:
         self.events = EventLog(self.store.events_path)
         torch.manual_seed(run.seed)
         self.reference = build_model(
-            run.arch, run.image_size, run.channels, Path(run.pretrained) if run.pretrained else None
+            run.arch,
+            run.image_size,
+            run.channels,
+            Path(run.pretrained) if run.pretrained else None,
+            run.net_size,
         )
         if run.calibration == "youden":
             bias_key(self.reference)  # an architecture without a 2-class linear head: fail now

@@ -118,6 +118,8 @@ def spec_problem(spec: InputSpec) -> str | None:
     """Why an input spec cannot describe a model (None when it can)."""
     if spec.size < 1 or spec.channels < 1:
         return f"input.size {spec.size} / input.channels {spec.channels} must be positive"
+    if spec.net_size < 0:
+        return f"input.net_size {spec.net_size} must be positive (or 0: the architecture's default)"
     for key, values in (("mean", spec.mean), ("std", spec.std)):
         if len(values) != spec.channels:
             return (

@@ -17,18 +17,23 @@ from shared.errors import CheckpointError, ConfigError
 
 NUM_CLASSES = 2
 # Smallest input some timm architectures accept; smaller experiment sizes are upsampled
-# inside the wrapper.
+# inside the wrapper (training.per_arch.<arch>.net_size may ask for a larger one).
 MIN_INPUT = {"inception_v3": 75}
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What a model expects: recorded in every checkpoint's metadata."""
+    """What a model expects: recorded in every checkpoint's metadata.
+
+    size is the image size the model takes (the experiment's); net_size the size its
+    network sees after the wrapper's bilinear resize (0 in checkpoints written before it
+    was recorded: then the architecture's minimum, MIN_INPUT, or size)."""
 
     size: int
     channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    net_size: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -38,7 +43,11 @@ class InputSpec:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> InputSpec:
         return cls(
-            int(d["size"]), int(d["channels"]), tuple(map(float, d["mean"])), tuple(map(float, d["std"]))
+            int(d["size"]),
+            int(d["channels"]),
+            tuple(map(float, d["mean"])),
+            tuple(map(float, d["std"])),
+            int(d.get("net_size", 0)),
         )
 
 
@@ -53,7 +62,7 @@ class Classifier(nn.Module):
         shape = (1, spec.channels, 1, 1)
         self.register_buffer("mean", torch.tensor(spec.mean).view(shape), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(shape), persistent=False)
-        self.net_size = max(spec.size, MIN_INPUT.get(arch, 0))
+        self.net_size = spec.net_size or default_net_size(arch, spec.size)
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -65,15 +74,31 @@ class Classifier(nn.Module):
         return self.net(x)
 
 
+def default_net_size(arch: str, image_size: int) -> int:
+    """The size `arch`'s network sees when the config asks for none: the image size, or the
+    architecture's minimum input where that is larger."""
+    return max(image_size, MIN_INPUT.get(arch, 0))
+
+
 def build_model(
     arch: str,
     image_size: int,
     channels: int = 1,
     pretrained_file: Path | None = None,
+    net_size: int = 0,
 ) -> Classifier:
-    """Create `arch` (any timm name) with a 2-class head, random init or a local weights file."""
+    """Create `arch` (any timm name) with a 2-class head, random init or a local weights file.
+
+    net_size (0: default_net_size) is the size its network sees: [0, 1] images of
+    image_size are resized to it inside the model, so every model still takes the same
+    adversarial image."""
     if not timm.is_model(arch):
         raise ConfigError(f"unknown architecture {arch!r}: not a timm model name")
+    if net_size and net_size < MIN_INPUT.get(arch, 1):
+        raise ConfigError(
+            f"training.per_arch.{arch}.net_size: {net_size} is below the smallest input {arch} "
+            f"accepts ({MIN_INPUT[arch]}); use at least {MIN_INPUT[arch]}"
+        )
     kwargs: dict[str, Any] = {"num_classes": NUM_CLASSES, "in_chans": channels}
     if pretrained_file is not None:
         if not Path(pretrained_file).is_file():
@@ -84,14 +109,20 @@ def build_model(
     mean, std = tuple(cfg.get("mean", (0.5,) * 3)), tuple(cfg.get("std", (0.5,) * 3))
     if channels == 1:  # grayscale: the mean of the RGB statistics
         mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
-    spec = InputSpec(image_size, channels, tuple(map(float, mean)), tuple(map(float, std)))
+    spec = InputSpec(
+        image_size,
+        channels,
+        tuple(map(float, mean)),
+        tuple(map(float, std)),
+        net_size or default_net_size(arch, image_size),
+    )
     return Classifier(arch, net, spec)
 
 
 def model_from_state(arch: str, spec: InputSpec, state: dict[str, torch.Tensor]) -> Classifier:
     """Rebuild a model from a state dict and its recorded input spec; shape mismatches raise."""
-    model = build_model(arch, spec.size, spec.channels)
-    if tuple(model.spec.mean) != tuple(spec.mean) or tuple(model.spec.std) != tuple(spec.std):
+    model = build_model(arch, spec.size, spec.channels, net_size=spec.net_size)
+    if model.spec != spec:
         model = Classifier(arch, model.net, spec)
     check_state(model, state, where=arch)
     model.load_state_dict(state)

@@ -50,6 +50,7 @@ class RunSettings:
     proximal_mu: float = 0.0
     adversarial: AdversarialTraining | None = None  # training.adversarial; None: clean
     calibration: str = "none"  # none | youden (training.calibration)
+    net_size: int = 0  # training.per_arch.<arch>.net_size; 0: the architecture's default
 
     @property
     def training_record(self) -> dict[str, str]:
@@ -101,6 +102,7 @@ class RunSettings:
             "strategy": self.strategy,
             "proximal-mu": self.proximal_mu,
             "calibration": self.calibration,
+            "net-size": self.net_size,
             **adversarial_keys(self.adversarial),
         }
 
@@ -156,6 +158,7 @@ class RunSettings:
             proximal_mu=get("proximal-mu", float),
             adversarial=_adversarial(get),
             calibration=get("calibration", str),
+            net_size=get("net-size", int),
         )
 
 
@@ -206,6 +209,7 @@ def run_settings_for(
         proximal_mu=cfg.federation.proximal_mu,
         adversarial=t.adversarial,
         calibration=t.calibration,
+        net_size=t.net_size(arch),
     )
 
 

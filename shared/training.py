@@ -28,10 +28,14 @@ def pick_device(requested: str = "") -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def prepare(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move to device; channels_last on CUDA."""
+def prepare(model: nn.Module, device: torch.device, training: bool = False) -> nn.Module:
+    """Move to device; channels_last on CUDA, and on the CPU for a model about to be
+    trained: there a training step is 6% (ResNet50), 15% (DenseNet121) and 21%
+    (InceptionV3 at 107 px) faster, batch 16, one thread. Models whose predictions decide
+    an attack's counts stay in the default layout on the CPU, the layout the independent
+    recomputation (tests/recompute.py) uses, so it reproduces them bit for bit."""
     model = model.to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" or training:
         model = model.to(memory_format=torch.channels_last)
     return model
 

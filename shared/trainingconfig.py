@@ -31,8 +31,13 @@ class ArchTraining:
     lr: float | None = None
     finetune_epochs: int | None = None
     finetune_lr: float | None = None
+    # The size the network sees: images of data.image_size are resized to it inside the
+    # model (shared.models), so every model still takes the same adversarial image.
+    net_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.net_size is not None and self.net_size < 1:
+            raise ValueError(f"net_size: must be a positive pixel size, got {self.net_size}")
         if self.local_epochs is not None and self.local_epochs < 1:
             raise ValueError("local_epochs: must be >= 1")
         if self.finetune_epochs is not None and self.finetune_epochs < 0:
@@ -104,6 +109,11 @@ class TrainingConfig:
     # its head, so the argmax every consumer uses is the calibrated rule
     # (shared.calibration); none: argmax of the trained logits.
     calibration: Literal["none", "youden"] = "none"
+
+    def net_size(self, arch: str) -> int:
+        """The size `arch`'s network sees (per_arch.<arch>.net_size; 0: its default)."""
+        a = self.per_arch.get(arch)
+        return (a.net_size or 0) if a else 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 2:

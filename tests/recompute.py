@@ -57,7 +57,8 @@ class Plain(torch.nn.Module):
         self.net.eval()
         self.mean = torch.tensor(spec["mean"]).view(1, -1, 1, 1)
         self.std = torch.tensor(spec["std"]).view(1, -1, 1, 1)
-        self.size = max(spec["size"], MIN_INPUT.get(arch, 0))
+        # the size the network sees, as the checkpoint records it (older ones: the minimum)
+        self.size = spec.get("net_size") or max(spec["size"], MIN_INPUT.get(arch, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std

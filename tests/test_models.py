@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from shared.errors import CheckpointError, ConfigError
-from shared.models import build_model, model_from_state
+from shared.models import InputSpec, build_model, model_from_state
 
 ARCHS = ("resnet50", "densenet121", "inception_v3")
 
@@ -62,3 +62,25 @@ def test_local_pretrained_file_and_state_roundtrip(tmp_path: Path) -> None:
     bad["net.fc.weight"] = torch.zeros(3, 512)
     with pytest.raises(CheckpointError, match=r"net\.fc\.weight"):
         model_from_state("resnet18", src.spec, bad)
+
+
+def test_net_size_is_recorded_and_rebuilt_from_the_spec() -> None:
+    """A larger internal size (training.per_arch.<arch>.net_size) is part of the input spec:
+    a model rebuilt from its checkpoint's spec resizes to the same size, and older
+    checkpoints without the key keep the architecture's minimum."""
+    torch.manual_seed(2)
+    m = build_model("inception_v3", image_size=64, channels=1, net_size=107).eval()
+    assert m.net_size == 107 and m.spec.net_size == 107
+    assert build_model("inception_v3", 64, 1).spec.net_size == 75  # its minimum, recorded
+    assert build_model("resnet18", 48, 1).spec.net_size == 48
+    spec = InputSpec.from_json(m.spec.to_json())
+    again = model_from_state("inception_v3", spec, m.state_dict()).eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), m(x))
+        z = torch.nn.functional.interpolate((x - 0.5) / 0.5, size=(107, 107), mode="bilinear")
+        torch.testing.assert_close(m.net(z), m(x))
+    legacy = {k: v for k, v in m.spec.to_json().items() if k != "net_size"}
+    assert model_from_state("inception_v3", InputSpec.from_json(legacy), m.state_dict()).net_size == 75
+    with pytest.raises(ConfigError, match=r"per_arch\.inception_v3\.net_size: 60 .* at least 75"):
+        build_model("inception_v3", 64, 1, net_size=60)

@@ -34,3 +34,27 @@ def test_size_mismatch_names_the_cause() -> None:
     b = build_model("resnet34", 48, 1).state_dict()
     with pytest.raises(FederationError, match="disagree on the architecture"):
         unpack(pack(b), a, "site A")
+
+
+def test_weights_trained_in_channels_last_travel_and_load_as_the_same_values() -> None:
+    """Sites train on the CPU in channels_last (shared.training.prepare): their weights
+    packed for the wire, and a checkpoint written from them, hold the same values as the
+    default layout, so the server and the attack (default layout on the CPU) get them exactly."""
+    from shared.checkpoint import decode_state, encode_state, sha256_bytes
+    from shared.training import prepare
+
+    torch.manual_seed(3)
+    model = build_model("resnet18", 48, 1)
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    trained = prepare(model, torch.device("cpu"), training=True)
+    conv = trained.state_dict()["net.layer1.0.conv1.weight"]
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    state = trained.state_dict()
+    back = from_record(to_record(state), plain, "test")
+    data = encode_state(state, {"arch": "resnet18"})
+    stored = decode_state(data, sha256_bytes(data), "test")
+    for k, v in plain.items():
+        assert torch.equal(back[k], v) and torch.equal(stored[k], v), k
+    # and the default layout is what the attack's models keep on the CPU
+    kept = prepare(build_model("resnet18", 48, 1), torch.device("cpu")).state_dict()
+    assert not kept["net.layer1.0.conv1.weight"].is_contiguous(memory_format=torch.channels_last)

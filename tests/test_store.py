@@ -45,7 +45,7 @@ def test_manifest_contract_and_completeness(tmp_path: Path) -> None:
         "metrics",
     }
     assert entry["bytes"] == (tmp_path / entry["file"]).stat().st_size
-    assert set(entry["input"]) == {"size", "channels", "mean", "std"}
+    assert set(entry["input"]) == {"size", "channels", "mean", "std", "net_size"}
     loaded = store.load(entry["file"], entry["sha256"])
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert not list(tmp_path.glob(".*.tmp*"))  # no temp files left behind
