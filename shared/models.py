@@ -14,11 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import CheckpointError, ConfigError
+from shared.trainingconfig import MIN_INPUT
 
 NUM_CLASSES = 2
-# Smallest input some timm architectures accept; smaller experiment sizes are upsampled
-# inside the wrapper (training.per_arch.<arch>.net_size may ask for a larger one).
-MIN_INPUT = {"inception_v3": 75}
 
 
 @dataclass(frozen=True)

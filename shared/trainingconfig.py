@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+# Smallest input some timm architectures accept (shared.models upsamples smaller images
+# inside the model; per_arch.<arch>.net_size may ask for a larger size).
+MIN_INPUT = {"inception_v3": 75}
+
 
 @dataclass(frozen=True)
 class OptimizerConfig:
@@ -116,6 +120,13 @@ class TrainingConfig:
         return (a.net_size or 0) if a else 0
 
     def __post_init__(self) -> None:
+        for arch, a in self.per_arch.items():
+            low = MIN_INPUT.get(arch, 1)
+            if a.net_size is not None and a.net_size < low:
+                raise ValueError(
+                    f"per_arch.{arch}.net_size: {a.net_size} is below the smallest input {arch} "
+                    f"accepts ({low}); use at least {low}"
+                )
         if self.batch_size < 2:
             raise ValueError("batch_size: must be at least 2 (BatchNorm)")
         if self.local_epochs < 1 or self.finetune_epochs < 0:

@@ -50,6 +50,11 @@ def _write(tmp_path: Path, mutate) -> Path:
             "federation.architectures: 'densenet12' is not a timm model name; close names: densenet121",
         ),
         (lambda r: r["training"].update(per_arch={"inceptionv3": {}}), "training.per_arch: 'inceptionv3'"),
+        (
+            lambda r: r["training"].update(per_arch={"inception_v3": {"net_size": 60}}),
+            "training.per_arch.inception_v3.net_size: 60 is below the smallest input inception_v3 accepts",
+        ),
+        (lambda r: r["training"].update(per_arch={"resnet50": {"net_size": 0}}), "net_size: must be a positive"),
     ],
 )
 def test_bad_keys_are_errors_naming_key_and_file(tmp_path: Path, mutate, needle: str) -> None:
