@@ -54,7 +54,10 @@ def _write(tmp_path: Path, mutate) -> Path:
             lambda r: r["training"].update(per_arch={"inception_v3": {"net_size": 60}}),
             "training.per_arch.inception_v3.net_size: 60 is below the smallest input inception_v3 accepts",
         ),
-        (lambda r: r["training"].update(per_arch={"resnet50": {"net_size": 0}}), "net_size: must be a positive"),
+        (
+            lambda r: r["training"].update(per_arch={"resnet50": {"net_size": 0}}),
+            "net_size: must be a positive",
+        ),
     ],
 )
 def test_bad_keys_are_errors_naming_key_and_file(tmp_path: Path, mutate, needle: str) -> None:
