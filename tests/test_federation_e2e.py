@@ -28,7 +28,7 @@ from shared.nodeconfig import NodeConfig
 from shared.packing import to_record
 from shared.runconfig import RunSettings, run_settings_for
 from shared.store import CheckpointStore
-from shared.training import metrics_from_logits, predict
+from shared.training import metrics_from_logits, predict, prepare
 from tests.flower_helpers import leftovers, tiny_data, tiny_federation_config
 
 pytestmark = pytest.mark.e2e
@@ -43,15 +43,23 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _val_metrics(cfg, entry, state, site: str, recalibrated: bool = False):
     """A stored model's validation metrics at a site; `recalibrated`: after the site
     re-estimates its BatchNorm statistics on its training data, as a site does with every
-    global model it receives. Returns (metrics, n val images, the statistics used)."""
-    model = model_from_state(entry.arch, entry.input, state).eval()
-    m = load_manifest(site_manifest_path(cfg.splits_dir, site))
-    val = load_cached(m, "val", cfg.data.image_size, cfg.cache_dir)
-    if recalibrated:
-        train = load_cached(m, "train", cfg.data.image_size, cfg.cache_dir)
-        batch = cfg.training.batch_size * 2
-        recalibrate(model, make_loader(train, 1, batch, False, 0, 0), torch.device("cpu"))
-    logits, labels = predict(model, make_loader(val, 1, 16, False, 0, 0), torch.device("cpu"))
+    global model it receives. Returns (metrics, n val images, the statistics used).
+    Computed as a site computes them: in the layout it trains in (channels_last on the CPU
+    too, shared.training.prepare) and on its thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.training.threads or threads)
+    try:
+        cpu = torch.device("cpu")
+        model = prepare(model_from_state(entry.arch, entry.input, state), cpu, training=True).eval()
+        m = load_manifest(site_manifest_path(cfg.splits_dir, site))
+        val = load_cached(m, "val", cfg.data.image_size, cfg.cache_dir)
+        if recalibrated:
+            train = load_cached(m, "train", cfg.data.image_size, cfg.cache_dir)
+            batch = cfg.training.batch_size * 2
+            recalibrate(model, make_loader(train, 1, batch, False, 0, 0), cpu)
+        logits, labels = predict(model, make_loader(val, 1, 16, False, 0, 0), cpu)
+    finally:
+        torch.set_num_threads(threads)
     result = metrics_from_logits(logits, labels)
     stats = (statistics(model), float(len(train)) if recalibrated else None)
     return result, len(val), stats, (logits[:, 1] - logits[:, 0], labels)
