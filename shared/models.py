@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import CheckpointError, ConfigError
-from shared.trainingconfig import MIN_INPUT
+from shared.trainingconfig import MIN_INPUT, net_size_problem
 
 NUM_CLASSES = 2
 
@@ -92,11 +92,9 @@ def build_model(
     adversarial image."""
     if not timm.is_model(arch):
         raise ConfigError(f"unknown architecture {arch!r}: not a timm model name")
-    if net_size and net_size < MIN_INPUT.get(arch, 1):
-        raise ConfigError(
-            f"training.per_arch.{arch}.net_size: {net_size} is below the smallest input {arch} "
-            f"accepts ({MIN_INPUT[arch]}); use at least {MIN_INPUT[arch]}"
-        )
+    problem = net_size_problem(arch, net_size) if net_size else None
+    if problem:
+        raise ConfigError(f"training.{problem}")
     kwargs: dict[str, Any] = {"num_classes": NUM_CLASSES, "in_chans": channels}
     if pretrained_file is not None:
         if not Path(pretrained_file).is_file():

@@ -13,6 +13,17 @@ from typing import Literal
 MIN_INPUT = {"inception_v3": 75}
 
 
+def net_size_problem(arch: str, net_size: int) -> str | None:
+    """Why `net_size` cannot be `arch`'s internal input size (None when it can)."""
+    low = MIN_INPUT.get(arch, 1)
+    if net_size < low:
+        return (
+            f"per_arch.{arch}.net_size: {net_size} is below the smallest input {arch} "
+            f"accepts ({low}); use at least {low}"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     """Local optimizer settings, used for both the FedAvg rounds and fine-tuning."""
@@ -121,12 +132,9 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         for arch, a in self.per_arch.items():
-            low = MIN_INPUT.get(arch, 1)
-            if a.net_size is not None and a.net_size < low:
-                raise ValueError(
-                    f"per_arch.{arch}.net_size: {a.net_size} is below the smallest input {arch} "
-                    f"accepts ({low}); use at least {low}"
-                )
+            problem = None if a.net_size is None else net_size_problem(arch, a.net_size)
+            if problem:
+                raise ValueError(problem)
         if self.batch_size < 2:
             raise ValueError("batch_size: must be at least 2 (BatchNorm)")
         if self.local_epochs < 1 or self.finetune_epochs < 0:
