@@ -72,9 +72,10 @@ def superexec_command(runtime_address: str, secret: Path, ca: Path | None) -> li
 
 
 def superlink_command(
-    database: Path, host: str, port: int, credentials: Path | None, lockdown: Lockdown | None = None
+    database: Path | str, host: str, port: int, credentials: Path | None, lockdown: Lockdown | None = None
 ) -> list[str]:
-    """`flower-superlink`; `credentials` (ca.crt, server.crt, server.key) turns on TLS and
+    """`flower-superlink` keeping its state in `database` (an SQLite file, or Flower's
+    ":flwr-in-memory:"); `credentials` (ca.crt, server.crt, server.key) turns on TLS and
     SuperNode authentication, None means insecure (loopback experiments only). With
     `lockdown`, its SuperExec is a process of its own (superexec_command) holding the
     shared secret."""
@@ -87,7 +88,7 @@ def superlink_command(
         "--port",
         str(port),
         "--database",
-        str(Path(database).absolute()),
+        database if isinstance(database, str) else str(Path(database).absolute()),
     ]
     if credentials is None:
         return [*cmd, "--insecure"]

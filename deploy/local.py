@@ -21,6 +21,10 @@ from shared.store import CheckpointStore
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
+# The SuperLink's state (runs, messages, the models they carry) in its own memory: a local
+# federation lives and dies with this process, and an SQLite file would only add a write
+# and a read of every model sent (about 6.7 GB over a demo) and old runs on a re-run.
+IN_MEMORY = ":flwr-in-memory:"
 
 
 class LocalDeployment:
@@ -62,7 +66,7 @@ class LocalDeployment:
         self.port = free_port()
         link = self.group.start(
             "superlink",
-            superlink_command(self.work_dir / "superlink-state.db", LOOPBACK, self.port, None),
+            superlink_command(IN_MEMORY, LOOPBACK, self.port, None),
             self._env("superlink"),
         )
         wait_for_port(LOOPBACK, self.port, 60, link.proc, link.log_path)
