@@ -317,6 +317,34 @@ def test_outsider_crafting_never_uses_the_stores_weights(fed, suite_run, tmp_pat
     assert [c["n_correct_before"] for c in ours["cells"]] != [c["n_correct_before"] for c in ref["cells"]]
 
 
+def test_outsider_surrogates_carry_the_statistics_of_their_final_weights(fed, suite_run) -> None:
+    """A stored outsider surrogate's BatchNorm statistics are those of its final weights on
+    its public training images (re-estimated after training, as the sites' models are),
+    not the running averages left over from training from random init."""
+    from torch.utils.data import DataLoader
+
+    from attack.outsider import INDEX, public_split
+    from shared.batchnorm import recalibrate, statistics
+    from shared.checkpoint import decode_state
+    from shared.models import build_model, model_from_state
+
+    cfg = load_config(fed[0])
+    folder = suite_run[0] / "outsider"
+    entry = json.loads((folder / INDEX).read_text())["resnet18"]
+    state = decode_state((folder / entry["file"]).read_bytes(), entry["sha256"], entry["file"])
+    spec = build_model("resnet18", cfg.data.image_size, cfg.data.channels).spec
+    stored = model_from_state("resnet18", spec, state)
+    fresh = model_from_state("resnet18", spec, state)
+    train, _ = public_split(cfg, "train")
+    assert recalibrate(
+        fresh, DataLoader(train, batch_size=cfg.attack.outsider.batch_size), torch.device("cpu")
+    )
+    ours, again = statistics(stored), statistics(fresh)
+    assert ours.keys() == again.keys() and len(ours) > 0
+    for key in ours:
+        torch.testing.assert_close(ours[key], again[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_suite_settings_fail_before_any_model_is_loaded(fed, tmp_path: Path) -> None:
     cfg, store = fed
     res = attack(cfg, str(store), tmp_path / "a", "--attack", "pgd,deepfool")
