@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
 from shared.batchnorm import recalibrate
-from shared.calibration import histogram, shift_model, youden_cut
+from shared.calibration import fold_threshold
 from shared.checkpoint import decode_state, encode_state, sha256_bytes
 from shared.config import ExperimentConfig, OptimizerConfig
 from shared.data.cache import load_cached
@@ -168,11 +168,8 @@ def _train(
     logits, labels = predict(model, DataLoader(val, batch_size=2 * o.batch_size), device)
     cut = ""
     if cfg.training.calibration == "youden" and len(np.unique(labels)) == 2:
-        threshold = youden_cut(histogram(logits, labels)).threshold
-        shift_model(model, threshold)
-        logits = logits.astype(np.float32, copy=True)
-        logits[:, 1] -= np.float32(threshold)
-        cut = f", threshold {threshold:+.2f}"
+        found, logits = fold_threshold(model, logits, labels)
+        cut = f", threshold {found.threshold:+.2f}"
     result = metrics_from_logits(logits, labels)
     print(
         f"[outsider] {arch}: train loss {loss:.3f}, public val AUC {result.auc:.3f}, sensitivity "

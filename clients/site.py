@@ -15,7 +15,7 @@ from flwr.app import ArrayRecord
 
 from shared.adversarial import Proximal
 from shared.batchnorm import personal, recalibrate, statistics
-from shared.calibration import UNCALIBRATED, histogram, shift_model, youden_cut
+from shared.calibration import UNCALIBRATED, fold_threshold, histogram
 from shared.config import SITES
 from shared.data.cache import CachedPart, load_cached
 from shared.data.fingerprint import manifest_digest
@@ -214,9 +214,6 @@ def _calibrate(
             site,
         )
         return metrics_from_logits(logits, labels), dict(UNCALIBRATED)
-    cut = youden_cut(histogram(logits, labels))
-    shift_model(model, cut.threshold)
-    shifted = logits.astype(np.float32, copy=True)
-    shifted[:, 1] -= np.float32(cut.threshold)
+    cut, shifted = fold_threshold(model, logits, labels)
     record = {k: v for k, v in cut.as_metrics("val-").items() if "threshold" in k or "argmax" in k}
     return metrics_from_logits(shifted, labels), {**record, "val-calibrated": 1.0}

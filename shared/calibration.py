@@ -149,3 +149,13 @@ def shift_model(model: nn.Module, threshold: float) -> None:
     _, fc = head(model)
     assert fc.bias is not None
     fc.bias[1] -= threshold
+
+
+def fold_threshold(model: nn.Module, logits: np.ndarray, labels: np.ndarray) -> tuple[Cut, np.ndarray]:
+    """Cut `model`'s threshold on its validation `logits` (both classes needed) and fold
+    it into its head; the cut, and the logits (float32) of the model as it now is."""
+    cut = youden_cut(histogram(logits, labels))
+    shift_model(model, cut.threshold)
+    shifted = logits.astype(np.float32, copy=True)
+    shifted[:, 1] -= np.float32(cut.threshold)
+    return cut, shifted
