@@ -15,11 +15,12 @@ from typing import Any
 
 from attack.attacks import build_attack
 from attack.heatmap import heatmap_png
-from attack.measure import Measurement, Probe, Settings, Source, Target
+from attack.measure import Measurement, Probe, Settings, Source, Target, on_device
 from attack.outsider import train_outsiders
 from attack.report import matrix_csv, md_safe
 from attack.results import measurement_json
 from attack.suite_report import suite_md, sweep_png
+from attack.surrogate import Surrogate
 from attack.tables import Info, by_target_group
 from attack.threats import insider_sources, member_sources, outsider_sources
 from attack.transfer import measure
@@ -69,6 +70,21 @@ def sources_for(
     return sources
 
 
+def _fit_scales(sources: dict[str, list[Source]], probe: Probe, s: Settings) -> dict[str, dict[str, float]]:
+    """`ensemble: scaled`: each ensemble's per-member logit scales, fitted once on the
+    attack images (source -> member -> scale), for results.json."""
+    fitted: dict[str, dict[str, float]] = {}
+    for threat_sources in sources.values():
+        for src in threat_sources:
+            if src.surrogate.needs_scales:
+                model = on_device(src.surrogate, s.device)
+                assert isinstance(model, Surrogate)
+                scales = model.fit_scales(probe.data.images, s.batch, s.device)
+                fitted[src.name] = dict(zip(src.members, scales, strict=True))
+                log.info("%s: member logit scales %s", src.name, ", ".join(f"{v:.3g}" for v in scales))
+    return fitted
+
+
 def _write(
     folder: Path, m: Measurement, info: dict[str, Info], threat: str, meta: dict[str, Any], seed: int
 ) -> None:
@@ -94,7 +110,12 @@ def run_suite(
     started = time.monotonic()
     info = dict(info)
     sources = sources_for(cfg, req.threats, targets, req.outsider_dir or out / "outsider", info)
-    meta = {"seed": cfg.seed, "n_images": len(probe.data), "provenance": provenance}
+    meta = {
+        "seed": cfg.seed,
+        "n_images": len(probe.data),
+        "provenance": provenance,
+        "ensemble": {"mode": cfg.attack.suite.ensemble, "scales": _fit_scales(sources, probe, s)},
+    }
     rows: dict[tuple[str, str, float], dict[str, Any]] = {}
     runs = [(a, t, cfg.attack.eps) for a in req.attacks for t in req.threats]
     runs += [

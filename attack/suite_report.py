@@ -18,6 +18,13 @@ THREAT_TEXT = {
     "insider": "a site crafts on its own local models (every architecture) plus the globals it received",
     "outsider": "surrogates trained on public data no site holds: no federation weights at all",
 }
+ENSEMBLE_TEXT = {
+    "logits": "the cross-entropy of their members' mean logits",
+    "scaled": "the cross-entropy of their members' mean logits, each member's divided by the sd of "
+    "its margin on the attack images (results.json lists the scales), so that no member's logit "
+    "scale decides alone",
+    "loss": "the mean of their members' cross-entropies",
+}
 Rows = dict[tuple[str, str, float], dict[str, Any]]
 
 
@@ -38,6 +45,9 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: dict[str, Any]) ->
         "held-out test sets. Threat models:",
         "",
         *[f"- **{t}**: {THREAT_TEXT[t]}" for t in req.threats],
+        "",
+        f"Ensembles craft on {ENSEMBLE_TEXT[meta['ensemble']['mode']]} (`attack.suite.ensemble: "
+        f"{meta['ensemble']['mode']}`).",
         "",
         "Each figure: the mean transferability over the usable transfer cells of the group [bootstrap "
         "95% interval over cells], n = cells/images behind them, and the mean random-sign control at "

@@ -79,7 +79,10 @@ class SuiteConfig:
     threats: tuple[str, ...] = ("member", "insider", "outsider")
     sweep_eps: tuple[float, ...] = (0.01, 0.02, 0.04)
     sweep_attacks: tuple[str, ...] = ("fgsm", "midi")
-    ensemble: Literal["logits", "loss"] = "logits"  # mean of the surrogates' logits or losses
+    # an ensemble's loss: CE of the mean of its members' logits (`logits`), of the mean of
+    # their logits each divided by the sd of its margin on the attack images (`scaled`,
+    # so no member's logit scale decides alone), or the mean of their CEs (`loss`)
+    ensemble: Literal["logits", "loss", "scaled"] = "scaled"
     # The suite's own share of the attack images (the first N pneumonia images of each test
     # set); null: every one, as the study's attack. Iterative attacks cost steps x what FGSM
     # costs, so CPU-sized runs may want fewer.

@@ -280,6 +280,10 @@ def test_suite_report_and_folders(suite_run) -> None:
         own = c["target"] in (f"resnet18-local-{c['source'][-1]}", "resnet18-global")
         assert c["white_box"] == own
         assert c["n_control_misclassified"] is not None and len(c["interval"]) == 2
+    # the default ensemble divides each member's logits by its margin's sd (recorded)
+    assert insider["ensemble"]["mode"] == "scaled" and "`attack.suite.ensemble: scaled`" in md
+    scales = insider["ensemble"]["scales"]["insider-A"]
+    assert set(scales) == {"resnet18-local-A", "resnet18-global"} and min(scales.values()) > 0
     outsider = json.loads((suite / "pgd-outsider" / "results.json").read_text())
     assert list(outsider["sources"]) == ["outsider-resnet18"]
     assert not any(c["white_box"] for c in outsider["cells"])

@@ -188,3 +188,49 @@ def test_fused_clean_pass_gives_the_separate_passes_results() -> None:
 def test_names_are_escaped_for_spreadsheets_and_markdown() -> None:
     assert csv_safe('=HYPERLINK("x")').startswith("'") and csv_safe("resnet50-global") == "resnet50-global"
     assert md_safe("a|b") == "a\\|b" and "<" not in md_safe("<script>").replace("\\<", "")
+
+
+class _Times(nn.Module):
+    """`model`'s logits times `c`: the same decisions, a c-times larger margin."""
+
+    def __init__(self, model: nn.Module, c: float) -> None:
+        super().__init__()
+        self.model, self.c = model, c
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c * self.model(x)
+
+
+def test_scaled_ensemble_is_not_decided_by_one_members_logit_scale() -> None:
+    torch.manual_seed(0)
+    # two linear classifiers on 16x16 images: each one's input gradient is its own weights'
+    a, b = (nn.Sequential(nn.Flatten(), nn.Linear(256, 2)) for _ in range(2))
+    x = torch.rand(8, 1, 16, 16)
+    y = torch.ones(8, dtype=torch.long)
+    cpu = torch.device("cpu")
+
+    def direction(members: list[nn.Module], mode: str) -> torch.Tensor:
+        """The unit input gradient (one image's: a linear model's is the same for all)."""
+        sur = Surrogate(members, mode)  # type: ignore[arg-type]
+        if sur.needs_scales:
+            sur.fit_scales(x, 3, cpu)
+        g = sur.input_gradient(x, y)[0].flatten()
+        return g / g.norm()
+
+    big_b = _Times(b, 30.0)
+    # scaled: multiplying a member's logits by 30 changes nothing (its scale absorbs it)
+    base, big = Surrogate([a, b], "scaled"), Surrogate([a, big_b], "scaled")
+    scales = base.fit_scales(x, 3, cpu)
+    assert big.fit_scales(x, 3, cpu)[1] == pytest.approx(30 * scales[1], rel=1e-4)
+    assert torch.allclose(base(x), big(x), atol=1e-5)
+    assert float(direction([a, b], "scaled") @ direction([a, big_b], "scaled")) > 0.9999
+    # both members count: the gradient is not either member's own
+    only_a, only_b = direction([a], "logits"), direction([b], "logits")
+    scaled = direction([a, big_b], "scaled")
+    assert float(scaled @ only_a) < 0.9 and float(scaled @ only_b) < 0.9
+    # the mean of raw logits: the 30x member decides the direction alone
+    assert float(direction([a, big_b], "logits") @ only_b) > 0.99
+    # a single model: every mode is the plain cross-entropy (torchattacks' operations)
+    assert torch.equal(direction([a], "scaled"), only_a)
+    with pytest.raises(RuntimeError, match="fit_scales"):
+        Surrogate([a, b], "scaled")(x)
