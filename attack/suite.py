@@ -15,7 +15,7 @@ from typing import Any
 
 from attack.attacks import build_attack
 from attack.heatmap import heatmap_png
-from attack.measure import Measurement, Probe, Settings, Source, Target, on_device
+from attack.measure import Measurement, Probe, Settings, Source, Target, fit_mask, on_device
 from attack.outsider import train_outsiders
 from attack.report import matrix_csv, md_safe
 from attack.results import measurement_json
@@ -71,15 +71,18 @@ def sources_for(
 
 
 def _fit_scales(sources: dict[str, list[Source]], probe: Probe, s: Settings) -> dict[str, dict[str, float]]:
-    """`ensemble: scaled`: each ensemble's per-member logit scales, fitted once on the
-    attack images (source -> member -> scale), for results.json."""
+    """`ensemble: scaled`: each ensemble's per-member logit scales (source -> member ->
+    scale, for results.json), fitted once on the universal attacks' fit part of the attack
+    images, so that no statistic of the held-out part (on which universal perturbations
+    are measured) enters any attack."""
     fitted: dict[str, dict[str, float]] = {}
+    images = probe.data.images[fit_mask(probe.data.ids, s.fit_fraction, s.seed)]
     for threat_sources in sources.values():
         for src in threat_sources:
             if src.surrogate.needs_scales:
                 model = on_device(src.surrogate, s.device)
                 assert isinstance(model, Surrogate)
-                scales = model.fit_scales(probe.data.images, s.batch, s.device)
+                scales = model.fit_scales(images, s.batch, s.device)
                 fitted[src.name] = dict(zip(src.members, scales, strict=True))
                 log.info("%s: member logit scales %s", src.name, ", ".join(f"{v:.3g}" for v in scales))
     return fitted

@@ -20,9 +20,9 @@ THREAT_TEXT = {
 }
 ENSEMBLE_TEXT = {
     "logits": "the cross-entropy of their members' mean logits",
-    "scaled": "the cross-entropy of their members' mean logits, each member's divided by the sd of "
-    "its margin on the attack images (results.json lists the scales), so that no member's logit "
-    "scale decides alone",
+    "scaled": "the cross-entropy of their members' mean logits, each member's divided by the sd "
+    "of its margin on the fit part of the attack images (results.json lists the scales), so "
+    "that no member's logit scale decides alone",
     "loss": "the mean of their members' cross-entropies",
 }
 Rows = dict[tuple[str, str, float], dict[str, Any]]

@@ -1,15 +1,15 @@
 """What an attack crafts on: one model or an ensemble of surrogate models.
 
-An ensemble predicts with the mean of its members' logits. Its loss, which the attacks
-differentiate, is either the cross-entropy of those mean logits (`logits`), the mean of
-the members' cross-entropies (`loss`), or the cross-entropy of the mean of *scaled* logits
-(`scaled`): each member's logits divided by the spread (sd) of its pneumonia margin on the
-attack images, so that a member with far larger margins does not decide the ensemble on
-its own (the demo's InceptionV3 models have margins an order of magnitude larger than the
-others'; under `logits` the insider's ensemble fooled 77-83% of the InceptionV3 targets
-and 0-1.2% of the DenseNet121 ones). For a single model every mode is CE(model(x), y),
-with exactly the operations torchattacks uses, so single-model attacks match it bit for
-bit.
+An ensemble predicts with the mean of its members' logits (`scaled`: of their scaled
+logits). Its loss, which the attacks differentiate, is either the cross-entropy of those
+mean logits (`logits`), the mean of the members' cross-entropies (`loss`), or the
+cross-entropy of the mean of *scaled* logits (`scaled`): each member's logits divided by
+the spread (sd) of its pneumonia margin on the attack images' fit part, so that a member
+with far larger margins does not decide the ensemble on its own (the demo's InceptionV3
+models have margins an order of magnitude larger than the others'; under `logits` the
+insider's ensemble fooled 77-83% of the InceptionV3 targets and 0-1.2% of the
+DenseNet121 ones). For a single model every mode is CE(model(x), y), with exactly the
+operations torchattacks uses, so single-model attacks match it bit for bit.
 """
 
 from __future__ import annotations

@@ -64,13 +64,24 @@ def run_variant(
         federate(cfg)
     else:
         print(f"  store complete for this config: {cfg.store_dir} (not trained again)", flush=True)
-    done = all(
-        (cfg.attack_dir / "suite" / f"{a}-{t}" / "results.json").exists() for a in attacks for t in threats
-    )
+    done = all(_attacked_already(cfg, a, t) for a in attacks for t in threats)
     if trained or not done or not (cfg.attack_dir / "results.json").exists():
         suite = SuiteRequest(attacks, threats, (), (), outsider_dir)
         run_attack(cfg, str(cfg.store_dir), cfg.attack_dir, suite=suite)
     return trained
+
+
+def _attacked_already(cfg: ExperimentConfig, attack: str, threat: str) -> bool:
+    """This (attack, threat) has results, crafted with the config's ensemble mode (results
+    of another mode, or from before the mode was recorded, are measured again)."""
+    path = cfg.attack_dir / "suite" / f"{attack}-{threat}" / "results.json"
+    if not path.is_file():
+        return False
+    try:
+        mode = json.loads(path.read_text()).get("ensemble", {}).get("mode")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return bool(mode == cfg.attack.suite.ensemble)
 
 
 def run_study(config: Path, out: str | None) -> Path:

@@ -80,7 +80,7 @@ class SuiteConfig:
     sweep_eps: tuple[float, ...] = (0.01, 0.02, 0.04)
     sweep_attacks: tuple[str, ...] = ("fgsm", "midi")
     # an ensemble's loss: CE of the mean of its members' logits (`logits`), of the mean of
-    # their logits each divided by the sd of its margin on the attack images (`scaled`,
+    # their logits each divided by the sd of its margin on the attack images' fit part (`scaled`,
     # so no member's logit scale decides alone), or the mean of their CEs (`loss`)
     ensemble: Literal["logits", "loss", "scaled"] = "scaled"
     # The suite's own share of the attack images (the first N pneumonia images of each test

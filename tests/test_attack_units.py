@@ -218,6 +218,19 @@ def test_scaled_ensemble_is_not_decided_by_one_members_logit_scale() -> None:
         return g / g.norm()
 
     big_b = _Times(b, 30.0)
+    # the scale is the sd of the pneumonia margin, which a constant shift (a folded
+    # decision threshold) leaves alone
+    with torch.no_grad():
+        margin = a(x)[:, 1] - a(x)[:, 0]
+        shifted = nn.Sequential(nn.Flatten(), nn.Linear(256, 2))
+        shifted.load_state_dict(a.state_dict())
+        shifted[1].bias += torch.tensor([0.0, 3.0])
+    assert Surrogate([a, b], "scaled").fit_scales(x, 3, cpu)[0] == pytest.approx(
+        float(margin.std()), rel=1e-5
+    )
+    assert Surrogate([shifted, b], "scaled").fit_scales(x, 3, cpu)[0] == pytest.approx(
+        float(margin.std()), rel=1e-5
+    )
     # scaled: multiplying a member's logits by 30 changes nothing (its scale absorbs it)
     base, big = Surrogate([a, b], "scaled"), Surrogate([a, big_b], "scaled")
     scales = base.fit_scales(x, 3, cpu)
@@ -231,6 +244,9 @@ def test_scaled_ensemble_is_not_decided_by_one_members_logit_scale() -> None:
     # the mean of raw logits: the 30x member decides the direction alone
     assert float(direction([a, big_b], "logits") @ only_b) > 0.99
     # a single model: every mode is the plain cross-entropy (torchattacks' operations)
-    assert torch.equal(direction([a], "scaled"), only_a)
+    assert torch.equal(direction([a], "scaled"), only_a) and torch.equal(direction([a], "loss"), only_a)
+    # `loss`: the mean of the members' cross-entropies
+    ce = torch.nn.functional.cross_entropy
+    assert torch.allclose(Surrogate([a, big_b], "loss").loss(x, y), (ce(a(x), y) + ce(big_b(x), y)) / 2)
     with pytest.raises(RuntimeError, match="fit_scales"):
         Surrogate([a, b], "scaled")(x)
