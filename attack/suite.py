@@ -21,7 +21,7 @@ from attack.report import matrix_csv, md_safe
 from attack.results import measurement_json
 from attack.suite_report import suite_md, sweep_png
 from attack.surrogate import Surrogate
-from attack.tables import Info, by_target_group
+from attack.tables import Info, by_target_group, over_control
 from attack.threats import insider_sources, member_sources, outsider_sources
 from attack.transfer import measure
 from shared.config import ExperimentConfig
@@ -92,7 +92,12 @@ def _write(
     folder: Path, m: Measurement, info: dict[str, Info], threat: str, meta: dict[str, Any], seed: int
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    body = {**meta, "threat": threat, **measurement_json(m, info, seed)}
+    body = {
+        **meta,
+        "threat": threat,
+        **measurement_json(m, info, seed),
+        "over_control": over_control(m, seed).to_json(),
+    }
     atomic_write(folder / "results.json", json.dumps(body, indent=1))
     atomic_write(folder / "matrix.csv", matrix_csv(m))
     heatmap_png(m, folder / "heatmap.png", f"{m.attack} (eps {m.eps}), {threat} threat")
@@ -143,6 +148,7 @@ def run_suite(
         _write(folder, m, info, threat, {**meta, "eps": eps}, cfg.seed)
         rows[name, threat, eps] = {
             "groups": by_target_group(m, info, cfg.seed),
+            "over_control": over_control(m, cfg.seed),
             "white_box": [c for c in m.cells if c.white_box and c.n_correct_before > 0],
             "sources": len(m.sources),
             "empty": [md_safe(x) for x in m.sources if not m.attacked[x]],

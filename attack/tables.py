@@ -10,6 +10,8 @@
 - The cell-level view: means over every cell of an architecture (labelled as such).
 - Global vs local as targets: an exact sign-flip test over sources of the per-source mean
   difference between the global target and the local targets of the same architecture.
+- The attack against noise: a sign-flip test over targets of each target's mean (over
+  the sources) of transfer minus the random-sign control on the same images.
 """
 
 from __future__ import annotations
@@ -178,3 +180,18 @@ def global_vs_local(m: Measurement, info: dict[str, Info], seed: int) -> tuple[d
 
     groups = {k: group([[c] for c in cells_where(m, of_kind(k))], seed) for k in ("global", "local")}
     return groups, sign_flip_test(diffs, seed)
+
+
+def over_control(m: Measurement, seed: int) -> PairedTest:
+    """Does the attack fool the targets more than random-sign noise at the same eps? For
+    each target, the mean over its usable cells of transfer minus control (the same
+    images, the same target); an exact sign-flip test over the targets (the classifiers
+    the question is about; a target's cells share it, so they are one unit)."""
+    diffs = []
+    for name in m.targets:
+        cells = [
+            c for c in m.cells if c.target == name and usable(c) and c.n_control_misclassified is not None
+        ]
+        if cells:
+            diffs.append(statistics.fmean(rate(c).value - control_rate(c).value for c in cells))
+    return sign_flip_test(diffs, seed)

@@ -282,6 +282,13 @@ def test_suite_report_and_folders(suite_run) -> None:
         assert c["n_control_misclassified"] is not None and len(c["interval"]) == 2
     # the default ensemble divides each member's logits by its margin's sd (recorded)
     assert insider["ensemble"]["mode"] == "scaled" and "`attack.suite.ensemble: scaled`" in md
+    # the attack against noise: a paired test over the targets, in results.json and suite.md
+    # (one pair per target with a usable cell: none in this tiny store, whose cells hold
+    # under 10 images; tests/test_attack_units.py checks the arithmetic)
+    usable = {c["target"] for c in insider["cells"] if not c["white_box"] and c["n_correct_before"] >= 10}
+    assert insider["over_control"]["n_pairs"] == len(usable)
+    against = md.split("## The attack against noise at eps 0.02")[1].split("##")[0]
+    assert "| pgd | insider |" in against and "| pgd | outsider |" in against
     scales = insider["ensemble"]["scales"]["insider-A"]
     assert set(scales) == {"resnet18-local-A", "resnet18-global"} and min(scales.values()) > 0
     outsider = json.loads((suite / "pgd-outsider" / "results.json").read_text())

@@ -250,3 +250,33 @@ def test_scaled_ensemble_is_not_decided_by_one_members_logit_scale() -> None:
     assert torch.allclose(Surrogate([a, big_b], "loss").loss(x, y), (ce(a(x), y) + ce(big_b(x), y)) / 2)
     with pytest.raises(RuntimeError, match="fit_scales"):
         Surrogate([a, b], "scaled")(x)
+
+
+def test_attack_against_noise_pairs_each_targets_cells_with_their_control() -> None:
+    from attack.measure import Cell, Measurement
+    from attack.suite_report import _versus
+    from attack.tables import over_control
+
+    m = Measurement("pgd", 0.02, ["s1", "s2"], ["t1", "t2", "t3", "t4"])
+    m.cells = [
+        Cell("s1", "t1", 10, 6, 1, white_box=False),  # 0.6 - 0.1
+        Cell("s2", "t1", 10, 4, 1, white_box=False),  # 0.4 - 0.1: t1's mean +0.4
+        Cell("s1", "t2", 20, 5, 3, white_box=False),  # +0.1
+        Cell("s2", "t2", 20, 20, 0, white_box=True),  # white-box: left out
+        Cell("s1", "t3", 12, 1, 4, white_box=False),  # 1/12 - 4/12: noise wins here
+        Cell("s2", "t3", 5, 5, 0, white_box=False),  # under 10 images: left out
+        Cell("s1", "t4", 4, 4, 0, white_box=False),  # t4 has no usable cell: no pair
+    ]
+    test = over_control(m, seed=0)
+    assert test.n == 3
+    assert test.mean_difference.value == pytest.approx((0.4 + 0.1 - 0.25) / 3)
+    # 3 pairs: the exact sign-flip p over all 8 sign patterns
+    signs = [(a, b, c) for a in (1, -1) for b in (1, -1) for c in (1, -1)]
+    observed = abs(0.4 + 0.1 - 0.25)
+    expected = sum(abs(a * 0.4 + b * 0.1 - c * 0.25) >= observed - 1e-12 for a, b, c in signs) / 8
+    assert test.p_value == pytest.approx(expected) and not test.significant()
+    assert "**not significant**" in _versus(test) and "| 3 |" in _versus(test)
+    many = Measurement("pgd", 0.02, ["s"], [f"t{i}" for i in range(8)])
+    many.cells = [Cell("s", f"t{i}", 10, 5, 0, white_box=False) for i in range(8)]
+    assert over_control(many, seed=0).p_value == pytest.approx(2 / 256)
+    assert "| significant" in _versus(over_control(many, seed=0))
