@@ -6,6 +6,7 @@ behind the study's claims. Pure numpy; one module for every report (attack, suit
 - DeLong's variance for an AUC interval.
 - Percentile bootstrap intervals (fixed seed) for means over models.
 - An exact paired sign-flip permutation test for a mean difference over matched pairs.
+- Holm's step-down adjustment when a report makes many such tests at once.
 """
 
 from __future__ import annotations
@@ -152,3 +153,15 @@ def sign_flip_test(
         p = float(((stats >= observed - tol).sum() + 1) / (reps + 1))
         exact = False
     return PairedTest(n, bootstrap_mean(d.tolist(), seed), p, exact)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error over the tests given), in the
+    order given; NaN (no test) stays NaN and does not count as a test."""
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        out[i] = running
+    return out

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from shared.stats import auc_delong, bootstrap_mean, newcombe, sign_flip_test, wilson
+from shared.stats import auc_delong, bootstrap_mean, holm, newcombe, sign_flip_test, wilson
 from shared.training import roc_auc
 
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -87,3 +87,11 @@ def test_newcombe_difference_matches_the_published_example() -> None:
     e = newcombe(10, 10, 0, 10)
     assert (e.low, e.high) == (pytest.approx(0.6075, abs=1e-4), pytest.approx(1.0))
     assert math.isnan(newcombe(0, 0, 1, 2).value)
+
+
+def test_holm_adjustment_by_hand() -> None:
+    # sorted 0.005 (x4), 0.01 (x3), 0.03 (x2), 0.04 (x1, but never below the step before)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.2, math.nan, 0.6])  # NaN is no test: two tests, not three
+    assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.6)
+    assert holm([0.9, 0.8]) == [1.0, 1.0]
