@@ -20,12 +20,12 @@ from attack.outsider import train_outsiders
 from attack.report import matrix_csv, md_safe
 from attack.results import measurement_json
 from attack.suite_report import suite_md, sweep_png
-from attack.surrogate import Surrogate
 from attack.tables import Info, by_target_group, over_control
 from attack.threats import insider_sources, member_sources, outsider_sources
 from attack.transfer import measure
 from shared.config import ExperimentConfig
 from shared.io import atomic_write
+from shared.stats import PairedTest
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +80,24 @@ def _fit_scales(sources: dict[str, list[Source]], probe: Probe, s: Settings) -> 
     for threat_sources in sources.values():
         for src in threat_sources:
             if src.surrogate.needs_scales:
-                model = on_device(src.surrogate, s.device)
-                assert isinstance(model, Surrogate)
-                scales = model.fit_scales(images, s.batch, s.device)
+                on_device(src.surrogate, s.device)  # moves it in place
+                scales = src.surrogate.fit_scales(images, s.batch, s.device)
                 fitted[src.name] = dict(zip(src.members, scales, strict=True))
                 log.info("%s: member logit scales %s", src.name, ", ".join(f"{v:.3g}" for v in scales))
     return fitted
 
 
 def _write(
-    folder: Path, m: Measurement, info: dict[str, Info], threat: str, meta: dict[str, Any], seed: int
+    folder: Path,
+    m: Measurement,
+    info: dict[str, Info],
+    threat: str,
+    meta: dict[str, Any],
+    seed: int,
+    versus: PairedTest,
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    body = {
-        **meta,
-        "threat": threat,
-        **measurement_json(m, info, seed),
-        "over_control": over_control(m, seed).to_json(),
-    }
+    body = {**meta, "threat": threat, **measurement_json(m, info, seed), "over_control": versus.to_json()}
     atomic_write(folder / "results.json", json.dumps(body, indent=1))
     atomic_write(folder / "matrix.csv", matrix_csv(m))
     heatmap_png(m, folder / "heatmap.png", f"{m.attack} (eps {m.eps}), {threat} threat")
@@ -145,10 +145,11 @@ def run_suite(
             if eps == cfg.attack.eps
             else out / "sweep" / f"{name}-{threat}-eps{eps:g}"
         )
-        _write(folder, m, info, threat, {**meta, "eps": eps}, cfg.seed)
+        versus = over_control(m, cfg.seed)
+        _write(folder, m, info, threat, {**meta, "eps": eps}, cfg.seed, versus)
         rows[name, threat, eps] = {
             "groups": by_target_group(m, info, cfg.seed),
-            "over_control": over_control(m, cfg.seed),
+            "over_control": versus,
             "white_box": [c for c in m.cells if c.white_box and c.n_correct_before > 0],
             "sources": len(m.sources),
             "empty": [md_safe(x) for x in m.sources if not m.attacked[x]],
