@@ -11,22 +11,22 @@ from typing import Any
 
 import torch
 
-from attack.attacks import build_attack, check_attack_names
-from attack.clean import clean_performance
-from attack.data import attack_set, check_split, load_test_sets
-from attack.fetch import StoreSnapshot, fetch_state, read_manifest, tls_context, wait_for_complete
-from attack.measure import AttackSet, Probe, Settings, Target, fit_mask
-from attack.provenance import provenance
-from attack.report import write_outputs
-from attack.results import study_json
-from attack.suite import SuiteRequest, run_suite
-from attack.tables import Info
-from attack.threats import check_threat_names, member_sources
-from attack.transfer import measure
-from shared.config import ExperimentConfig
+from attack.measure.clean import clean_performance
+from attack.measure.core import AttackSet, Probe, Settings, SuiteRequest, Target, fit_mask
+from attack.measure.testsets import attack_set, check_split, load_test_sets
+from attack.measure.threats import check_threat_names, member_sources
+from attack.measure.transfer import measure
+from attack.methods.registry import build_attack, check_attack_names
+from attack.pull.fetch import StoreSnapshot, fetch_state, read_manifest, tls_context, wait_for_complete
+from attack.reports.provenance import provenance
+from attack.reports.results import study_json
+from attack.reports.study import write_outputs
+from attack.reports.tables import Info
+from attack.suite import run_suite
+from shared.config.experiment import ExperimentConfig
 from shared.errors import AttackError, CheckpointError
-from shared.models import model_from_state
-from shared.training import pick_device
+from shared.ml.models import model_from_state
+from shared.ml.training import pick_device
 
 log = logging.getLogger(__name__)
 

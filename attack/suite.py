@@ -1,6 +1,6 @@
 """`fedattack attack --suite`: every attack under every threat model at the study's eps,
-and eps sweeps, all measured by the same code as the study (attack.transfer) and reported
-with the same statistics (attack.tables). One folder per (attack, threat) with
+and eps sweeps, all measured by the same code as the study (attack.measure.transfer) and reported
+with the same statistics (attack.reports.tables). One folder per (attack, threat) with
 results.json, matrix.csv and heatmap.png; suite.md compares them side by side; sweep.png
 and sweep.json hold the transfer curves."""
 
@@ -9,43 +9,33 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attack.attacks import build_attack
-from attack.heatmap import heatmap_png
-from attack.measure import Measurement, Probe, Settings, Source, Target, fit_mask, on_device
-from attack.outsider import train_outsiders
-from attack.report import matrix_csv, md_safe
-from attack.results import measurement_json
-from attack.suite_report import suite_md, sweep_png
-from attack.tables import Info, by_target_group, over_control
-from attack.threats import insider_sources, member_sources, outsider_sources
-from attack.transfer import measure
-from shared.config import ExperimentConfig
+from attack.measure.core import (
+    Measurement,
+    Probe,
+    Settings,
+    Source,
+    SuiteRequest,
+    Target,
+    fit_mask,
+    on_device,
+)
+from attack.measure.outsider import train_outsiders
+from attack.measure.threats import insider_sources, member_sources, outsider_sources
+from attack.measure.transfer import measure
+from attack.methods.registry import build_attack
+from attack.reports.heatmap import heatmap_png
+from attack.reports.results import measurement_json
+from attack.reports.study import matrix_csv, md_safe
+from attack.reports.suite import suite_md, sweep_png
+from attack.reports.tables import Info, by_target_group, over_control
+from attack.stats import PairedTest
+from shared.config.experiment import ExperimentConfig
 from shared.io import atomic_write
-from shared.stats import PairedTest
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SuiteRequest:
-    """Which attacks, threat models and budgets to measure (from the config or flags)."""
-
-    attacks: tuple[str, ...]
-    threats: tuple[str, ...]
-    sweep_eps: tuple[float, ...]
-    sweep_attacks: tuple[str, ...]
-    # where the outsider's surrogates are kept (None: the suite's own folder); the study
-    # shares one folder across its variants, whose public split and seed are the same
-    outsider_dir: Path | None = None
-
-    @classmethod
-    def from_config(cls, cfg: ExperimentConfig) -> SuiteRequest:
-        s = cfg.attack.suite
-        return cls(s.attacks, s.threats, s.sweep_eps, s.sweep_attacks)
 
 
 def sources_for(

@@ -51,8 +51,8 @@ def report(rows: list[dict], arch: str, what: str) -> None:
 
 def run_benchmark(args: argparse.Namespace) -> list[dict]:
     from deploy.local import federate
-    from shared.config import load_config
-    from shared.data.synth import synthesize
+    from shared.config.experiment import load_config
+    from shared.prep.synth.twin import synthesize
 
     with tempfile.TemporaryDirectory(prefix="fedattack-bench-") as tmp:
         out = Path(tmp)

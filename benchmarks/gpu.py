@@ -1,8 +1,8 @@
 """The GPU figures behind benchmarks/gpu.sh (needs CUDA; about 8 minutes on one H100).
 
 Training throughput per architecture at 224 px with the project's own training step
-(AMP bfloat16 + channels_last, shared.training.train_epochs) on in-memory batches, and
-the attack job's throughput (attack.transfer.measure) for 15 models."""
+(AMP bfloat16 + channels_last, shared.ml.training.train_epochs) on in-memory batches, and
+the attack job's throughput (attack.measure.transfer.measure) for 15 models."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.run import ARCHS, attack_images, make_models, run_job
-from shared.config import OptimizerConfig
-from shared.models import build_model
-from shared.training import make_optimizer, prepare, train_epochs
+from shared.config.experiment import OptimizerConfig
+from shared.ml.models import build_model
+from shared.ml.training import make_optimizer, prepare, train_epochs
 
 ANCHOR = "ResNet50 with AMP: about 2,470 img/s on one A100 (published)"
 

@@ -61,11 +61,11 @@ def best_of(repeats: int, fns: dict[str, Callable[[], object]]) -> dict[str, flo
 
 
 def make_models(m: int, size: int) -> list:
-    """`m` untrained models (attack.measure.Target) cycling through the three architectures,
+    """`m` untrained models (attack.measure.core.Target) cycling through the three architectures,
     their heads biased to 'pneumonia' so that every image is classified correctly and
     attacked (the full load)."""
-    from attack.measure import Target
-    from shared.models import build_model
+    from attack.measure.core import Target
+    from shared.ml.models import build_model
 
     torch.manual_seed(0)
     models = []
@@ -87,8 +87,8 @@ def attack_images(n: int, size: int) -> torch.Tensor:
 
 def suite_attack(name: str, eps: float = 0.02):
     """A registered attack with the demo config's settings (steps, epochs, ...)."""
-    from attack.attacks import build_attack
-    from shared.config import load_config
+    from attack.methods.registry import build_attack
+    from shared.config.experiment import load_config
 
     return build_attack(name, eps, load_config(REPO / "configs" / "demo.yaml").attack)
 
@@ -96,9 +96,9 @@ def suite_attack(name: str, eps: float = 0.02):
 def run_job(models: list, x: torch.Tensor, batch: int, attack=None, device: torch.device | None = None):
     """The transfer measurement as the CLI runs it (member threat: every model a source
     and a target), without the control; on the CPU unless `device` says otherwise."""
-    from attack.measure import AttackSet, Probe, Settings
-    from attack.threats import member_sources
-    from attack.transfer import measure
+    from attack.measure.core import AttackSet, Probe, Settings
+    from attack.measure.threats import member_sources
+    from attack.measure.transfer import measure
 
     s = Settings(batch, device or torch.device("cpu"), torch.float32, 0, 0.5, control=False)
     probe = Probe(models, AttackSet(x, tuple(f"nih/{i}" for i in range(len(x)))), s)
@@ -194,7 +194,7 @@ def bench_attack(args: argparse.Namespace) -> None:
 def bench_suite(args: argparse.Namespace) -> None:
     """Every other registered attack's job against its own compute bound (same models,
     images and run); the demo config's steps and epochs."""
-    from attack.attacks import REGISTRY
+    from attack.methods.registry import REGISTRY
 
     size, n, batch = args.attack_size, args.attack_images, 32
     models = make_models(3, size)
@@ -291,14 +291,15 @@ def bench_data(args: argparse.Namespace) -> None:
     import pydicom
     from PIL import Image
 
-    from shared.config import load_config
+    from shared.config.experiment import load_config
     from shared.data.cache import load_cached
     from shared.data.images import read_image
-    from shared.data.splits import load_manifest, make_splits, site_manifest_path
-    from shared.data.synth import synthesize
+    from shared.data.manifest import load_manifest, site_manifest_path
     from shared.data.torchdata import make_loader
-    from shared.models import build_model
-    from shared.training import make_optimizer, train_epochs
+    from shared.ml.models import build_model
+    from shared.ml.training import make_optimizer, train_epochs
+    from shared.prep.splits import make_splits
+    from shared.prep.synth.twin import synthesize
 
     with tempfile.TemporaryDirectory(prefix="fedattack-bench-") as tmp:
         out = Path(tmp)

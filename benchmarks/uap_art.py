@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attack.attacks import build_attack
-from attack.data import attack_set, load_test_sets
-from attack.measure import fit_mask
+from attack.measure.core import fit_mask
+from attack.measure.testsets import attack_set, load_test_sets
+from attack.methods.registry import build_attack
+from attack.methods.surrogate import Surrogate
 from attack.service import load_models, snapshot
-from attack.surrogate import Surrogate
-from shared.config import load_config
-from shared.stats import wilson
+from attack.stats import wilson
+from shared.config.experiment import load_config
 
 
 def fooling(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor) -> tuple[int, int]:

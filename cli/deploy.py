@@ -12,16 +12,23 @@ from pathlib import Path
 from shared.errors import FedAttackError
 
 
+def _secure(args: argparse.Namespace, option: str, what: str) -> Path | None:
+    """The folder or file of `option` (e.g. --credentials), or None with an explicit --insecure;
+    exactly one of them is required. `what` says what the secure side gives."""
+    value = getattr(args, option.lstrip("-").replace("-", "_"))
+    if args.insecure == bool(value):
+        raise FedAttackError(f"pass exactly one of {option} ({what}) and --insecure")
+    return None if args.insecure else Path(value)
+
+
 def _trust(args: argparse.Namespace) -> Path | None:
     """--root-certificates CA, or None with an explicit --insecure; one of them is required."""
-    if args.insecure == bool(args.root_certificates):
-        raise FedAttackError("pass exactly one of --root-certificates CA (TLS) and --insecure")
-    return None if args.insecure else Path(args.root_certificates)
+    return _secure(args, "--root-certificates", "CA, TLS")
 
 
 def _deploy_credentials(args: argparse.Namespace) -> int:
-    from deploy.credentials import make_credentials
-    from deploy.server_host import LOOPBACK_NAMES
+    from deploy.hosts.credentials import make_credentials
+    from deploy.hosts.server import LOOPBACK_NAMES
 
     sans = list(dict.fromkeys([*args.san, *LOOPBACK_NAMES]))
     opt = {
@@ -49,8 +56,8 @@ def _deploy_credentials(args: argparse.Namespace) -> int:
 
 
 def _sign(key: Path, out: Path) -> None:
-    from deploy.appsign import sign_app
-    from deploy.connection import app_dir
+    from deploy.flower.connection import app_dir
+    from deploy.hosts.appsign import sign_app
 
     app = sign_app(app_dir(), key, out)
     print(
@@ -65,18 +72,14 @@ def _deploy_sign_app(args: argparse.Namespace) -> int:
 
 
 def _deploy_fleet_proxy(args: argparse.Namespace) -> int:
-    from deploy.fleet_proxy import serve_fleet_proxy
+    from deploy.hosts.fleet_proxy import serve_fleet_proxy
 
-    if args.insecure == bool(args.credentials):
-        raise FedAttackError("pass exactly one of --credentials DIR (TLS) and --insecure")
-    serve_fleet_proxy(
-        args.host, args.port, args.upstream_port, None if args.insecure else Path(args.credentials)
-    )
+    serve_fleet_proxy(args.host, args.port, args.upstream_port, _secure(args, "--credentials", "DIR, TLS"))
     return 0
 
 
 def _deploy_prepare_data(args: argparse.Namespace) -> int:
-    from deploy.export import prepare_deployment_data
+    from deploy.hosts.export import prepare_deployment_data
 
     prepare_deployment_data(
         Path(args.config), Path(args.work), Path(args.sites_dir), Path(args.attack_dir), args.synth_if_missing
@@ -85,12 +88,10 @@ def _deploy_prepare_data(args: argparse.Namespace) -> int:
 
 
 def _deploy_superlink(args: argparse.Namespace) -> int:
-    from deploy.server_host import start_superlink
+    from deploy.hosts.server import start_superlink
 
-    if args.insecure == bool(args.credentials):
-        raise FedAttackError("pass exactly one of --credentials DIR (TLS + node auth) and --insecure")
     start_superlink(
-        None if args.insecure else Path(args.credentials),
+        _secure(args, "--credentials", "DIR, TLS + node auth"),
         Path(args.state),
         args.host,
         args.port,
@@ -101,7 +102,7 @@ def _deploy_superlink(args: argparse.Namespace) -> int:
 
 
 def _deploy_register(args: argparse.Namespace) -> int:
-    from deploy.server_host import register_keys
+    from deploy.hosts.server import register_keys
 
     if args.insecure:
         print("insecure SuperLink: SuperNode authentication is off, nothing to register")
@@ -113,7 +114,7 @@ def _deploy_register(args: argparse.Namespace) -> int:
 
 
 def _deploy_supernode(args: argparse.Namespace) -> int:
-    from deploy.site_host import start_supernode
+    from deploy.hosts.site import start_supernode
 
     ca = _trust(args)
     start_supernode(
@@ -131,8 +132,8 @@ def _deploy_supernode(args: argparse.Namespace) -> int:
 
 
 def _deploy_submit(args: argparse.Namespace) -> int:
-    from deploy.server_host import submit
-    from shared.config import load_config
+    from deploy.hosts.server import submit
+    from shared.config.experiment import load_config
 
     cfg = load_config(args.config, {"output_dir": args.out} if args.out else {})
     store = Path(args.store) if args.store else cfg.store_dir.absolute()
@@ -142,11 +143,9 @@ def _deploy_submit(args: argparse.Namespace) -> int:
 
 
 def _deploy_serve_store(args: argparse.Namespace) -> int:
-    from deploy.store_server import serve_store
+    from deploy.hosts.store_server import serve_store
 
-    if args.insecure == bool(args.credentials):
-        raise FedAttackError("pass exactly one of --credentials DIR (HTTPS) and --insecure (HTTP)")
-    credentials = None if args.insecure else Path(args.credentials)
+    credentials = _secure(args, "--credentials", "DIR, HTTPS")
     serve_store(Path(args.store), args.host, args.port, credentials, args.public)
     return 0
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from cli.deploy import add_deploy_commands
-from cli.study import add_study_command
+from pipeline.study import run_study
 from shared.errors import FedAttackError
 from shared.io import ensure_writable_dir
 from shared.logs import setup_logging
@@ -18,7 +18,7 @@ log = logging.getLogger("fedattack")
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from shared.data.synth import synthesize
+    from shared.prep.synth.twin import synthesize
 
     ensure_writable_dir(Path(args.out), "output folder (--out)")
     counts = synthesize(
@@ -32,8 +32,8 @@ def _data_synth(args: argparse.Namespace) -> int:
 
 
 def _data_split(args: argparse.Namespace) -> int:
-    from shared.config import load_config
-    from shared.data.splits import make_splits
+    from shared.config.experiment import load_config
+    from shared.prep.splits import make_splits
 
     cfg = load_config(args.config)
     ensure_writable_dir(cfg.output_dir, OUTPUT_DIR)
@@ -43,8 +43,8 @@ def _data_split(args: argparse.Namespace) -> int:
 
 
 def _data_check(args: argparse.Namespace) -> int:
-    from shared.config import load_config
-    from shared.data.check import check_data, format_overlap, format_reports
+    from shared.config.experiment import load_config
+    from shared.prep.check import check_data, format_overlap, format_reports
 
     cfg = load_config(args.config)
     ensure_writable_dir(cfg.output_dir, OUTPUT_DIR)
@@ -62,7 +62,7 @@ def _data_check(args: argparse.Namespace) -> int:
 
 def _federate(args: argparse.Namespace) -> int:
     from deploy.local import federate
-    from shared.config import load_config
+    from shared.config.experiment import load_config
 
     cfg = load_config(args.config, overrides(args))
     ensure_writable_dir(cfg.output_dir, OUTPUT_DIR)
@@ -92,9 +92,9 @@ def suite_overrides(args: argparse.Namespace) -> dict:
 
 
 def _attack(args: argparse.Namespace) -> int:
+    from attack.measure.core import SuiteRequest
     from attack.service import run_attack
-    from attack.suite import SuiteRequest
-    from shared.config import load_config
+    from shared.config.experiment import load_config
 
     extra = suite_overrides(args)
     cfg = load_config(args.config, extra)
@@ -125,8 +125,8 @@ def _attack(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from cli.demo import run_demo
-    from shared.config import load_config
+    from pipeline.demo import run_demo
+    from shared.config.experiment import load_config
 
     ensure_writable_dir(Path(args.out) if args.out else load_config(args.config).output_dir, OUTPUT_DIR)
     report = run_demo(
@@ -142,6 +142,21 @@ OUTPUT_DIR = "output folder (output_dir, or --out)"
 def overrides(args: argparse.Namespace) -> dict:
     """--out as a config override of output_dir."""
     return {"output_dir": args.out} if getattr(args, "out", None) else {}
+
+
+def _study(args: argparse.Namespace) -> int:
+    report = run_study(Path(args.config), args.out)
+    print(report.read_text())
+    return 0
+
+
+def add_study_command(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser(
+        "study", help="train one federation per variant (defenses) and compare them under attack"
+    )
+    s.add_argument("--config", required=True, help="experiment YAML with a study section")
+    s.add_argument("--out", help="output folder (overrides output_dir)")
+    s.set_defaults(func=_study)
 
 
 def build_parser() -> argparse.ArgumentParser:

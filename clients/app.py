@@ -6,10 +6,10 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from clients.site import Instructions, check_pin, train_site
-from shared.calibration import MARGINS
-from shared.nodeconfig import NodeConfig
-from shared.packing import arrays_in, config_bool, config_float, config_in, config_int, config_str, to_record
-from shared.runconfig import RunSettings
+from shared.config.node import NodeConfig
+from shared.config.run import RunSettings
+from shared.ml.calibration import MARGINS
+from shared.ml.wire import arrays_in, config_bool, config_float, config_in, config_int, config_str, to_record
 
 app = ClientApp()
 KEPT_BN = "fedbn-batchnorm"  # context.state: FedBN, this site's own BatchNorm for this run

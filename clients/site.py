@@ -13,20 +13,19 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from shared.adversarial import Proximal
-from shared.batchnorm import personal, recalibrate, statistics
-from shared.calibration import UNCALIBRATED, fold_threshold, histogram
-from shared.config import SITES
+from shared.config.experiment import SITES
+from shared.config.node import NodeConfig
+from shared.config.run import RunSettings
 from shared.data.cache import CachedPart, load_cached
 from shared.data.fingerprint import manifest_digest
-from shared.data.splits import load_manifest
+from shared.data.manifest import load_manifest
 from shared.data.torchdata import make_loader
 from shared.errors import ConfigError, FederationError
-from shared.models import Classifier, build_model
-from shared.nodeconfig import NodeConfig
-from shared.packing import from_record
-from shared.runconfig import RunSettings
-from shared.training import (
+from shared.ml.adversarial import Proximal
+from shared.ml.batchnorm import personal, recalibrate, statistics
+from shared.ml.calibration import UNCALIBRATED, fold_threshold, histogram
+from shared.ml.models import Classifier, build_model
+from shared.ml.training import (
     EvalResult,
     balanced_weights,
     make_optimizer,
@@ -37,6 +36,7 @@ from shared.training import (
     restart_batchnorm_statistics,
     train_epochs,
 )
+from shared.ml.wire import from_record
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class SiteResult:
     restarts the statistics instead). `personal_bn`: FedBN, the site's own BatchNorm
     tensors after training, which it keeps for the next round (never sent as such).
     `received_margins`: calibration, the per-class histogram of the received global's
-    validation margins (shared.calibration), sent with the fine-tune reply."""
+    validation margins (shared.ml.calibration), sent with the fine-tune reply."""
 
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]

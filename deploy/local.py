@@ -8,16 +8,17 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from deploy.connection import Connection
-from deploy.flower import path_with_bin, superlink_command, supernode_command
-from deploy.processes import ProcessGroup, free_port, tail, wait_for_port
-from deploy.progress import ProgressPrinter, run_all
-from shared.config import ExperimentConfig
+from deploy.flower.commands import path_with_bin, superlink_command, supernode_command
+from deploy.flower.connection import Connection
+from deploy.flower.processes import ProcessGroup, free_port, tail, wait_for_port
+from deploy.flower.progress import ProgressPrinter, run_all
+from shared.config.experiment import ExperimentConfig
+from shared.config.node import NodeConfig
 from shared.data.fingerprint import split_fingerprint
-from shared.data.splits import make_splits, site_manifest_path
+from shared.data.manifest import site_manifest_path
 from shared.errors import FederationError
-from shared.nodeconfig import NodeConfig
-from shared.store import CheckpointStore
+from shared.prep.splits import make_splits
+from shared.store.folder import CheckpointStore
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"

@@ -6,7 +6,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from server.federation import run_federation
-from shared.runconfig import RunSettings
+from shared.config.run import RunSettings
 
 app = ServerApp()
 

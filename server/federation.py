@@ -21,14 +21,14 @@ from flwr.serverapp import Grid
 from server.plot import plot_metrics
 from server.strategy import check_replies, global_evaluation, log_site_replies, make_strategy, site_of
 from server.threshold import calibrated_global
-from shared.batchnorm import pool, statistics
-from shared.calibration import UNCALIBRATED, bias_key
+from shared.config.run import RunSettings
 from shared.errors import FederationError
 from shared.events import EventLog
-from shared.models import Classifier, build_model
-from shared.packing import arrays_in, from_record, metrics_in, to_record
-from shared.runconfig import RunSettings
-from shared.store import CheckpointStore
+from shared.ml.batchnorm import pool, statistics
+from shared.ml.calibration import UNCALIBRATED, bias_key
+from shared.ml.models import Classifier, build_model
+from shared.ml.wire import arrays_in, from_record, metrics_in, to_record
+from shared.store.folder import CheckpointStore
 
 log = logging.getLogger(__name__)
 

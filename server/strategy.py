@@ -13,10 +13,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, FedProx
 
+from shared.config.run import RunSettings
 from shared.errors import FederationError
 from shared.events import EventLog
-from shared.packing import config_in, config_str, metrics_in
-from shared.runconfig import RunSettings
+from shared.ml.wire import config_in, config_str, metrics_in
 
 log = logging.getLogger(__name__)
 EVAL_KEYS = ("loss", "accuracy", "auc", "sensitivity", "specificity")
@@ -122,7 +122,7 @@ class SiteAwareFedAvg(SiteAware, FedAvg):
 
 class SiteAwareFedProx(SiteAware, FedProx):
     """Flower's FedProx: FedAvg on the server, and "proximal-mu" in every training message,
-    which the sites add to their loss as (mu / 2) * ||w - w_global||^2 (shared.adversarial)."""
+    which the sites add to their loss as (mu / 2) * ||w - w_global||^2 (shared.ml.adversarial)."""
 
 
 class FedBN(SiteAware, FedAvg):

@@ -1,6 +1,6 @@
 """The stored global's decision threshold (training.calibration: youden): cut on the
 per-class counts of validation margins the sites sent in their fine-tune replies
-(shared.calibration), checked and summed, and folded into the head."""
+(shared.ml.calibration), checked and summed, and folded into the head."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from flwr.app import Message, RecordDict
 
 from server.strategy import site_of
-from shared.calibration import BINS, MARGINS, UNCALIBRATED, shift_state, youden_cut
 from shared.errors import FederationError
-from shared.packing import arrays_in, metrics_in
+from shared.ml.calibration import BINS, MARGINS, UNCALIBRATED, shift_state, youden_cut
+from shared.ml.wire import arrays_in, metrics_in
 
 log = logging.getLogger(__name__)
 

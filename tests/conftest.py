@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shared.data.synth import synthesize
+from shared.prep.synth.twin import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 

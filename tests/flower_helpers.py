@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared.data.synth import synthesize
+from shared.prep.synth.twin import synthesize
 from tests.conftest import write_config
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.config import load_config
+from shared.config.experiment import load_config
 from tests.flower_helpers import tiny_data, tiny_federation_config
 from tests.recompute import recompute
 
@@ -307,8 +307,8 @@ def test_outsider_crafting_never_uses_the_stores_weights(fed, suite_run, tmp_pat
     other = tmp_path / "store"
     shutil.copytree(store, other)
     manifest = json.loads((other / "manifest.json").read_text())
-    from shared.checkpoint import encode_state, sha256_bytes
-    from shared.models import build_model
+    from shared.ml.models import build_model
+    from shared.store.checkpoint import encode_state, sha256_bytes
 
     for i, entry in enumerate(manifest["models"]):  # fresh weights, valid hashes and metadata
         torch.manual_seed(100 + i)
@@ -334,10 +334,10 @@ def test_outsider_surrogates_carry_the_statistics_of_their_final_weights(fed, su
     not the running averages left over from training from random init."""
     from torch.utils.data import DataLoader
 
-    from attack.outsider import INDEX, public_split
-    from shared.batchnorm import recalibrate, statistics
-    from shared.checkpoint import decode_state
-    from shared.models import build_model, model_from_state
+    from attack.measure.outsider import INDEX, public_split
+    from shared.ml.batchnorm import recalibrate, statistics
+    from shared.ml.models import build_model, model_from_state
+    from shared.store.checkpoint import decode_state
 
     cfg = load_config(fed[0])
     folder = suite_run[0] / "outsider"

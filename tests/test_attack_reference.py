@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from attack.attacks import FGSM, build_attack
-from attack.iterative import Iterative
-from attack.surrogate import Surrogate
-from attack.universal import Universal
-from shared.config import load_config
-from shared.models import build_model
+from attack.methods.iterative import Iterative
+from attack.methods.registry import FGSM, build_attack
+from attack.methods.surrogate import Surrogate
+from attack.methods.universal import Universal
+from shared.config.experiment import load_config
+from shared.ml.models import build_model
 from tests.conftest import REPO
 
 torchattacks = pytest.importorskip("torchattacks")

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from shared.checkpoint import ModelEntry, verify_file
 from shared.errors import CheckpointError
-from shared.models import build_model
-from shared.store import CheckpointStore
+from shared.ml.models import build_model
+from shared.store.checkpoint import ModelEntry, verify_file
+from shared.store.folder import CheckpointStore
 from tests.cli_helpers import refused
 from tests.conftest import REPO, write_config
 

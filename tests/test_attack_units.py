@@ -7,9 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from attack.attacks import FGSM, build_attack
-from attack.crafting import FUSE_MIN_CORRECT, clean_and_craft, craft
-from attack.measure import (
+from attack.measure.core import (
     AttackSet,
     Probe,
     Settings,
@@ -19,14 +17,16 @@ from attack.measure import (
     random_sign,
     stream,
 )
-from attack.report import csv_safe, matrix_csv, md_safe
-from attack.surrogate import Surrogate
-from attack.threats import insider_sources, member_sources
-from attack.transfer import measure
-from attack.universal import Universal
-from shared.config import load_config
+from attack.measure.crafting import FUSE_MIN_CORRECT, clean_and_craft, craft
+from attack.measure.threats import insider_sources, member_sources
+from attack.measure.transfer import measure
+from attack.methods.registry import FGSM, build_attack
+from attack.methods.surrogate import Surrogate
+from attack.methods.universal import Universal
+from attack.reports.study import csv_safe, matrix_csv, md_safe
+from shared.config.experiment import load_config
 from shared.errors import AttackError, ConfigError
-from shared.models import build_model
+from shared.ml.models import build_model
 from tests.conftest import REPO
 
 CPU = Settings(batch=3, device=torch.device("cpu"), dtype=torch.float32, seed=0, fit_fraction=0.5)
@@ -253,9 +253,9 @@ def test_scaled_ensemble_is_not_decided_by_one_members_logit_scale() -> None:
 
 
 def test_attack_against_noise_pairs_each_targets_cells_with_their_control() -> None:
-    from attack.measure import Cell, Measurement
-    from attack.suite_report import _versus
-    from attack.tables import over_control
+    from attack.measure.core import Cell, Measurement
+    from attack.reports.suite import _versus
+    from attack.reports.tables import over_control
 
     m = Measurement("pgd", 0.02, ["s1", "s2"], ["t1", "t2", "t3", "t4"])
     m.cells = [

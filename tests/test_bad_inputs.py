@@ -21,7 +21,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
-from shared.config import load_config
+from shared.config.experiment import load_config
 from shared.data.images import read_dicom, read_image
 from shared.errors import ConfigError, ImageReadError
 from tests.cli_helpers import fedattack, refused

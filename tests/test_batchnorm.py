@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from shared.batchnorm import BN_MOMENTUM, pool, recalibrate, statistics
+from shared.ml.batchnorm import BN_MOMENTUM, pool, recalibrate, statistics
 
 
 def _net() -> nn.Module:

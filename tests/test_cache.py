@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.config import load_config
+from shared.config.experiment import load_config
 from shared.data.cache import load_cached
 from shared.data.images import read_image, resize_to_uint8
-from shared.data.splits import load_manifest, make_splits
+from shared.data.manifest import load_manifest
 from shared.data.torchdata import make_loader
 from shared.errors import DatasetError
+from shared.prep.splits import make_splits
 from tests.conftest import write_config
 
 

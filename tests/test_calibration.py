@@ -1,5 +1,5 @@
 """The decision threshold calibrated on validation margins and folded into the head
-(shared.calibration): the cut against a brute-force search, the fold against the rule
+(shared.ml.calibration): the cut against a brute-force search, the fold against the rule
 it stands for, on the three real timm architectures."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 
-from cli.demo import model_table
+from pipeline.demo import model_table
 from server.threshold import margin_counts
-from shared.calibration import (
+from shared.errors import FederationError
+from shared.ml.calibration import (
     BINS,
     EDGES,
     LIMIT,
@@ -24,9 +25,8 @@ from shared.calibration import (
     shift_state,
     youden_cut,
 )
-from shared.checkpoint import ModelEntry
-from shared.errors import FederationError
-from shared.models import InputSpec, build_model
+from shared.ml.models import InputSpec, build_model
+from shared.store.checkpoint import ModelEntry
 
 
 def _logits(margins: list[float] | np.ndarray) -> np.ndarray:

@@ -174,7 +174,7 @@ def test_an_incomplete_wheelhouse_is_named_before_any_build(tmp_path) -> None:
 
 
 def test_the_job_packs_the_app_from_fedattack_app_dir(tmp_path, monkeypatch) -> None:
-    from deploy.connection import PROJECT_DIR, app_dir
+    from deploy.flower.connection import PROJECT_DIR, app_dir
     from shared.errors import DeploymentError
 
     monkeypatch.delenv("FEDATTACK_APP_DIR", raising=False)

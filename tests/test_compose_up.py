@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.store import CheckpointStore
+from shared.store.folder import CheckpointStore
 from tests.compose_stack import Stack, docker, engine_env, sh
 
 pytestmark = [pytest.mark.docker, pytest.mark.e2e]
@@ -128,7 +128,7 @@ def test_sites_network_reaches_only_the_fleet_api(stack) -> None:
 
 def test_service_logs_read_as_plain_lines(stack) -> None:
     """What `docker compose up` shows: Flower's lines without colour escapes and without
-    the empty "INFO :" lines between them (deploy/readable.py), the job's round progress."""
+    the empty "INFO :" lines between them (deploy/flower/readable.py), the job's round progress."""
     st, _, _ = stack
     for service in ["superlink", *SITES]:
         log = st.compose("logs", "--no-color", service)

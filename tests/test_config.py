@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.config import ExperimentConfig, load_config
+from shared.config.experiment import ExperimentConfig, load_config
 from shared.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,16 +14,16 @@ from torch import nn
 
 from clients.site import Instructions, train_site
 from deploy.local import node_configs
-from shared.adversarial import Proximal, batchnorm_statistics_kept, mix, perturb
-from shared.batchnorm import personal_keys
-from shared.config import AdversarialTraining, OptimizerConfig, load_config
+from shared.config.experiment import AdversarialTraining, OptimizerConfig, load_config
+from shared.config.run import RunSettings, run_settings_for
 from shared.errors import ConfigError
 from shared.events import read_events
-from shared.models import build_model
-from shared.packing import to_record
-from shared.runconfig import RunSettings, run_settings_for
-from shared.store import CheckpointStore
-from shared.training import make_optimizer, train_epochs
+from shared.ml.adversarial import Proximal, batchnorm_statistics_kept, mix, perturb
+from shared.ml.batchnorm import personal_keys
+from shared.ml.models import build_model
+from shared.ml.training import make_optimizer, train_epochs
+from shared.ml.wire import to_record
+from shared.store.folder import CheckpointStore
 from tests.cli_helpers import fedattack
 from tests.conftest import write_config
 from tests.flower_helpers import tiny_data, tiny_federation_config

@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from deploy.checks import load_cert, sans_of
-from deploy.credentials import make_credentials, make_server_cert
+from deploy.hosts.checks import load_cert, sans_of
+from deploy.hosts.credentials import make_credentials, make_server_cert
 from tests.cli_helpers import fedattack
 
 
@@ -38,8 +38,8 @@ def creds(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def site_dir(tmp_path_factory: pytest.TempPathFactory, creds: Path) -> Path:
     """A site folder as `deploy prepare-data` would write it (manifest + images)."""
+    from shared.data.manifest import Manifest
     from shared.data.records import Sample
-    from shared.data.splits import Manifest
 
     d = tmp_path_factory.mktemp("site")
     (d / "images").mkdir()

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attack.fetch import fetch_state, read_manifest, tls_context
-from deploy.connection import Connection
-from deploy.credentials import make_site_key
-from deploy.flower import flwr_bin, path_with_bin, supernode_command
-from deploy.processes import ProcessGroup, tail, wait_for_port
-from deploy.site_host import site_node_config
+from attack.pull.fetch import fetch_state, read_manifest, tls_context
+from deploy.flower.commands import flwr_bin, path_with_bin, supernode_command
+from deploy.flower.connection import Connection
+from deploy.flower.processes import ProcessGroup, tail, wait_for_port
+from deploy.hosts.credentials import make_site_key
+from deploy.hosts.site import site_node_config
 from shared.errors import CheckpointError
 from tests.conftest import REPO, write_config
 from tests.flower_helpers import leftovers

@@ -16,19 +16,20 @@ import torch
 
 from clients.site import Instructions, train_site
 from deploy.local import federate, node_configs
-from shared.batchnorm import pool, recalibrate, statistics
-from shared.calibration import bias_key, shift_state
-from shared.config import load_config
+from shared.config.experiment import load_config
+from shared.config.node import NodeConfig
+from shared.config.run import RunSettings, run_settings_for
 from shared.data.cache import load_cached
-from shared.data.splits import load_manifest, make_splits, site_manifest_path
+from shared.data.manifest import load_manifest, site_manifest_path
 from shared.data.torchdata import make_loader
 from shared.errors import FederationError
-from shared.models import model_from_state
-from shared.nodeconfig import NodeConfig
-from shared.packing import to_record
-from shared.runconfig import RunSettings, run_settings_for
-from shared.store import CheckpointStore
-from shared.training import metrics_from_logits, predict, prepare
+from shared.ml.batchnorm import pool, recalibrate, statistics
+from shared.ml.calibration import bias_key, shift_state
+from shared.ml.models import model_from_state
+from shared.ml.training import metrics_from_logits, predict, prepare
+from shared.ml.wire import to_record
+from shared.prep.splits import make_splits
+from shared.store.folder import CheckpointStore
 from tests.flower_helpers import leftovers, tiny_data, tiny_federation_config
 
 pytestmark = pytest.mark.e2e
@@ -45,7 +46,7 @@ def _val_metrics(cfg, entry, state, site: str, recalibrated: bool = False):
     re-estimates its BatchNorm statistics on its training data, as a site does with every
     global model it receives. Returns (metrics, n val images, the statistics used).
     Computed as a site computes them: in the layout it trains in (channels_last on the CPU
-    too, shared.training.prepare) and on its thread count."""
+    too, shared.ml.training.prepare) and on its thread count."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.training.threads or threads)
     try:
@@ -111,7 +112,7 @@ def test_locals_reproduce_their_recorded_metrics_and_differ_from_global(three_ar
     for arch in ARCHS:
         g = models[f"{arch}-global"]
         g_state = store.load(g.file, g.sha256)
-        # the demo's config calibrates every model's threshold (shared.calibration): the
+        # the demo's config calibrates every model's threshold (shared.ml.calibration): the
         # sites evaluated the global before its threshold was folded in; undo the fold
         assert g.training["calibration"] == "youden"
         received = shift_state(

@@ -8,10 +8,10 @@ import fsspec
 import pytest
 import torch
 
-from attack.fetch import fetch_state, read_manifest
+from attack.pull.fetch import fetch_state, read_manifest
 from shared.errors import CheckpointError
-from shared.models import build_model
-from shared.store import CheckpointStore
+from shared.ml.models import build_model
+from shared.store.folder import CheckpointStore
 
 
 def test_fsspec_url_store(tmp_path: Path) -> None:

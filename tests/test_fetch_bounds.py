@@ -20,7 +20,7 @@ import fsspec
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from attack.fetch import fetch_state, read_bytes, read_manifest
+from attack.pull.fetch import fetch_state, read_bytes, read_manifest
 from shared.errors import CheckpointError
 from tests.conftest import REPO
 
@@ -233,7 +233,7 @@ DISK_FULL = """
 import resource, signal, sys
 from pathlib import Path
 import fsspec
-from attack.fetch import fetch_state, read_manifest
+from attack.pull.fetch import fetch_state, read_manifest
 from shared.errors import CheckpointError
 from tests.test_fetch_bounds import manifest_json
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
@@ -268,9 +268,9 @@ def test_plain_http_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> No
     gen = serve(slow_body)
     url = next(gen)
     try:
-        from attack.fetch import wait_for_complete
+        from attack.pull.fetch import wait_for_complete
 
-        with caplog.at_level(logging.WARNING, logger="attack.fetch"):
+        with caplog.at_level(logging.WARNING, logger="attack.pull.fetch"):
             wait_for_complete(url, poll_s=0.1)
             warned = [r for r in caplog.records if "plain http://" in r.getMessage()]
             assert len(warned) == 1

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from deploy.app_hub import start_hub
-from deploy.appsign import BUNDLE, check_trusted_entities, load_signed_app, make_signing_key, sign_app
-from deploy.connection import app_dir
-from deploy.credentials import make_credentials
-from deploy.fleet_proxy import FLEET_PATHS, allowed, build_app
+from deploy.flower.connection import app_dir
+from deploy.hosts.app_hub import start_hub
+from deploy.hosts.appsign import BUNDLE, check_trusted_entities, load_signed_app, make_signing_key, sign_app
+from deploy.hosts.credentials import make_credentials
+from deploy.hosts.fleet_proxy import FLEET_PATHS, allowed, build_app
 from shared.errors import CredentialsError, DeploymentError
 
 

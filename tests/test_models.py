@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from shared.errors import CheckpointError, ConfigError
-from shared.models import InputSpec, build_model, model_from_state
+from shared.ml.models import InputSpec, build_model, model_from_state
 
 ARCHS = ("resnet50", "densenet121", "inception_v3")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy.processes import descendants
+from deploy.flower.processes import descendants
 from tests.conftest import REPO
 from tests.flower_helpers import leftovers, tiny_data, tiny_federation_config
 

@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from shared.config import load_config
-from shared.data import overlap
-from shared.data.leakage import find_links, keep_twins_apart
-from shared.data.nih import read_nih
+from shared.config.experiment import load_config
+from shared.data.manifest import load_manifest
 from shared.data.records import DatasetIndex, Sample
-from shared.data.rsna import read_rsna
-from shared.data.sources import read_dataset
-from shared.data.splits import load_manifest, make_splits, split_patients
+from shared.prep import overlap
+from shared.prep.leakage import find_links, keep_twins_apart
+from shared.prep.nih import read_nih
+from shared.prep.rsna import read_rsna
+from shared.prep.sources import read_dataset
+from shared.prep.splits import make_splits, split_patients
 from tests.conftest import planted_pairs as planted
 from tests.conftest import write_config
 
@@ -108,7 +109,7 @@ def test_hashes_are_cached_by_size_and_mtime(tmp_path: Path, synth_dir: Path, ca
     data = tmp_path / "nih"
     shutil.copytree(synth_dir / "nih", data)
     index, cache = read_nih(data), tmp_path / "hashes" / "nih.npz"
-    caplog.set_level(logging.INFO, logger="shared.data.overlap")
+    caplog.set_level(logging.INFO, logger="shared.prep.overlap")
     first = overlap.hash_dataset(index, cache)
     assert f"hashing {len(index.samples)} of {len(index.samples)}" in caplog.text
     caplog.clear()

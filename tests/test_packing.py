@@ -5,8 +5,8 @@ import torch
 from safetensors.torch import load, save
 
 from shared.errors import FederationError
-from shared.models import build_model
-from shared.packing import from_record, pack, to_record, unpack
+from shared.ml.models import build_model
+from shared.ml.wire import from_record, pack, to_record, unpack
 
 
 def test_roundtrip_is_exact_whatever_the_dict_order() -> None:
@@ -37,11 +37,11 @@ def test_size_mismatch_names_the_cause() -> None:
 
 
 def test_weights_trained_in_channels_last_travel_and_load_as_the_same_values() -> None:
-    """Sites train on the CPU in channels_last (shared.training.prepare): their weights
+    """Sites train on the CPU in channels_last (shared.ml.training.prepare): their weights
     packed for the wire, and a checkpoint written from them, hold the same values as the
     default layout, so the server and the attack (default layout on the CPU) get them exactly."""
-    from shared.checkpoint import decode_state, encode_state, sha256_bytes
-    from shared.training import prepare
+    from shared.ml.training import prepare
+    from shared.store.checkpoint import decode_state, encode_state, sha256_bytes
 
     torch.manual_seed(3)
     model = build_model("resnet18", 48, 1)

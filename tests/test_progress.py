@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from deploy.progress import reason_from_log
+from deploy.flower.progress import reason_from_log
 
 
 def test_reason_from_a_run_log_is_its_last_error() -> None:

@@ -1,4 +1,4 @@
-"""Flower's output as a log reads it (deploy/readable.py): Flower's own console handler
+"""Flower's output as a log reads it (deploy/flower/readable.py): Flower's own console handler
 writes the lines, our wrapper passes them on without escapes and empty level lines, keeps
 the child's exit code and hands it SIGTERM."""
 
@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from deploy.readable import clean
+from deploy.flower.readable import clean
 
 # a child that logs through Flower's own logger, as flower-supernode does
 FLOWER_CHILD = """
@@ -28,7 +28,7 @@ sys.exit(3)
 
 WRAPPER = """
 import sys
-from deploy.readable import exec_readable
+from deploy.flower.readable import exec_readable
 exec_readable([sys.executable, "-c", sys.argv[1], sys.argv[2]], {"PATH": "/usr/bin:/bin"})
 """
 

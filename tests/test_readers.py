@@ -14,10 +14,10 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from shared.data.images import read_dicom, read_image
-from shared.data.nih import read_nih
-from shared.data.rsna import read_rsna
-from shared.data.synth import dicom_bytes, write_nih
 from shared.errors import DatasetError, ImageReadError
+from shared.prep.nih import read_nih
+from shared.prep.rsna import read_rsna
+from shared.prep.synth.twin import dicom_bytes, write_nih
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from deploy.connection import format_run_config
-from shared.config import load_config
+from deploy.flower.connection import format_run_config
+from shared.config.experiment import load_config
+from shared.config.run import RunSettings, run_settings_for
 from shared.errors import ConfigError
-from shared.runconfig import RunSettings, run_settings_for
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shared.config import load_config
+from shared.config.experiment import load_config
 from shared.data.fingerprint import FINGERPRINT_FILE, combined_digest, manifest_digest, split_fingerprint
-from shared.data.manifest import Manifest
-from shared.data.nih import read_nih
-from shared.data.splits import load_manifest, make_splits, public_manifest_path
+from shared.data.manifest import Manifest, load_manifest, public_manifest_path
 from shared.errors import ConfigError, DatasetError
+from shared.prep.nih import read_nih
+from shared.prep.splits import make_splits
 from tests.conftest import planted_pairs as planted
 from tests.conftest import write_config
 

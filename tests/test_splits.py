@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import load_config
-from shared.data.splits import load_manifest, make_splits
+from shared.config.experiment import load_config
+from shared.data.manifest import load_manifest
 from shared.errors import DatasetError, SplitError
+from shared.prep.splits import make_splits
 from tests.conftest import write_config
 
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from shared.stats import auc_delong, bootstrap_mean, holm, newcombe, sign_flip_test, wilson
-from shared.training import roc_auc
+from attack.stats import auc_delong, bootstrap_mean, holm, newcombe, sign_flip_test, wilson
+from shared.ml.training import roc_auc
 
 scipy_stats = pytest.importorskip("scipy.stats")
 

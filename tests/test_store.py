@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from shared.checkpoint import InputSpec, ModelEntry, encode_state
 from shared.errors import CheckpointError
-from shared.models import build_model
-from shared.store import CheckpointStore
+from shared.ml.models import build_model
+from shared.store.checkpoint import InputSpec, ModelEntry, encode_state
+from shared.store.folder import CheckpointStore
 
 
 def _save(store: CheckpointStore, name: str, kind: str, site: str | None, state) -> ModelEntry:

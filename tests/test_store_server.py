@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from attack.fetch import read_manifest, tls_context
-from deploy.credentials import make_credentials
-from deploy.processes import free_port, wait_for_port
+from attack.pull.fetch import read_manifest, tls_context
+from deploy.flower.processes import free_port, wait_for_port
+from deploy.hosts.credentials import make_credentials
 from shared.errors import CheckpointError
 from tests.conftest import REPO, write_config
 from tests.test_attack_trust import SIZE, write_store

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from attack.study_compare import defense_effects, defense_effects_md
-from attack.study_report import _paired, _pct
-from shared.stats import newcombe
+from attack.reports.compare import defense_effects, defense_effects_md
+from attack.reports.variants import _paired, _pct
+from attack.stats import newcombe
 from tests.cli_helpers import fedattack, refused
 from tests.flower_helpers import tiny_data, tiny_federation_config
 

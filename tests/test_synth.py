@@ -8,13 +8,14 @@ from pathlib import Path
 
 import torch
 
-from shared.config import OptimizerConfig, load_config
+from shared.config.experiment import OptimizerConfig, load_config
 from shared.data.cache import load_cached
-from shared.data.splits import load_manifest, make_splits
-from shared.data.synth import synthesize
+from shared.data.manifest import load_manifest
 from shared.data.torchdata import make_loader
-from shared.models import build_model
-from shared.training import evaluate, make_optimizer, train_epochs
+from shared.ml.models import build_model
+from shared.ml.training import evaluate, make_optimizer, train_epochs
+from shared.prep.splits import make_splits
+from shared.prep.synth.twin import synthesize
 from tests.conftest import write_config
 
 

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from shared.config import DEFAULT_MAX_PIXELS
+from shared.config.experiment import DEFAULT_MAX_PIXELS
 from shared.data.dicomhead import check_dicom_header, too_many_pixels
 from shared.errors import ImageReadError
 

@@ -1,0 +1,1 @@
+"""The attacks' maths: the registry, one-step and iterative attacks, universal perturbations, surrogates."""

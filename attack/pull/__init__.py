@@ -1,0 +1,1 @@
+"""The store client: bounded, verified downloads of a checkpoint store."""

@@ -1,0 +1,1 @@
+"""The report writers: results.json, matrix.csv, report.md, heatmaps, suite.md and the study report."""

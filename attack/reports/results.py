@@ -1,0 +1,107 @@
+"""results.json: every cell with its counts, interval and control; the tables with their
+intervals; the global-vs-local test; clean performance; provenance. Deterministic for a
+fixed store, data and seed (no timestamps)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attack.measure.clean import CleanPerformance
+from attack.measure.core import Measurement
+from attack.reports.tables import (
+    Info,
+    by_target_group,
+    cell_view,
+    control_rate,
+    flagged,
+    global_vs_local,
+    rate,
+    study_table,
+)
+from attack.stats import MIN_CELL
+
+
+def cells_json(m: Measurement) -> list[dict[str, Any]]:
+    out = []
+    for c in m.cells:
+        r, ctrl = rate(c), control_rate(c)
+        out.append(
+            {
+                "source": c.source,
+                "target": c.target,
+                "white_box": c.white_box,
+                "n_correct_before": c.n_correct_before,
+                "n_misclassified_after": c.n_misclassified_after,
+                "transferability": c.transferability,
+                "interval": [r.to_json()["low"], r.to_json()["high"]],
+                "n_control_misclassified": c.n_control_misclassified,
+                "control_rate": ctrl.to_json()["value"],
+                "control_interval": [ctrl.to_json()["low"], ctrl.to_json()["high"]],
+                "too_few_images": (not c.white_box) and c.n_correct_before < MIN_CELL,
+            }
+        )
+    return out
+
+
+def measurement_json(m: Measurement, info: dict[str, Info], seed: int) -> dict[str, Any]:
+    """The parts every (attack, threat) result shares."""
+    groups, test = global_vs_local(m, info, seed)
+    return {
+        "attack": m.attack,
+        "eps": m.eps,
+        "sources": {
+            s: {
+                "arch": info[s].arch,
+                "kind": info[s].kind,
+                "n_attacked": len(m.attacked[s]),
+                "code_sha256": m.code_digest.get(s),
+                "empty": len(m.attacked[s]) == 0,
+                "attacked": m.attacked[s],
+                **({"fit": m.fit[s]} if s in m.fit else {}),
+            }
+            for s in m.sources
+        },
+        "cells": cells_json(m),
+        "by_target_group": {k: g.to_json() for k, g in by_target_group(m, info, seed).items()},
+        "global_vs_local": {
+            "as_target": {k: g.to_json() for k, g in groups.items()},
+            "paired_test": test.to_json(),
+        },
+        "flagged_cells": [
+            {"source": c.source, "target": c.target, "n_correct_before": c.n_correct_before}
+            for c in flagged(m)
+        ],
+    }
+
+
+def study_json(
+    m: Measurement,
+    info: dict[str, Info],
+    clean: dict[str, CleanPerformance],
+    hashes: dict[str, str],
+    meta: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """The study's results.json (FGSM, member threat)."""
+    return {
+        **meta,
+        "models": [
+            {
+                "name": n,
+                "arch": info[n].arch,
+                "kind": info[n].kind,
+                "site": info[n].site,
+                "sha256": hashes[n],
+                "clean_test": clean[n].to_json(),
+                "clean_correct_on_attack_set": m.clean_correct[n],
+            }
+            for n in m.targets
+        ],
+        **measurement_json(m, info, seed),
+        "study_table": {
+            a: {k: g.to_json() for k, g in row.items()} for a, row in study_table(m, info, seed).items()
+        },
+        "cell_view": {
+            a: {k: g.to_json() for k, g in row.items()} for a, row in cell_view(m, info, seed).items()
+        },
+    }

@@ -1,0 +1,197 @@
+"""The figures of a measurement, each with its n and its 95% interval.
+
+- A cell's rate: Wilson interval over its images; the random-sign control beside it.
+- Cells with fewer than MIN_CELL images are too small for a meaningful interval: they are
+  listed (flagged) and left out of every mean, never silently averaged in.
+- The study's table, computed the way the study did: per model, the mean transfer as a
+  source (and as a target) over the other models; then mean and sd across the models of
+  an architecture, split into same- and cross-architecture pairs, with a bootstrap
+  interval (fixed seed) over those models.
+- The cell-level view: means over every cell of an architecture (labelled as such).
+- Global vs local as targets: an exact sign-flip test over sources of the per-source mean
+  difference between the global target and the local targets of the same architecture.
+- The attack against noise: a sign-flip test over targets of each target's mean (over
+  the sources) of transfer minus the random-sign control on the same images.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from attack.measure.core import Cell, Measurement
+from attack.stats import MIN_CELL, Interval, PairedTest, bootstrap_mean, sign_flip_test, wilson
+
+
+@dataclass(frozen=True)
+class Info:
+    """What a report needs to know about a source or target."""
+
+    name: str
+    arch: str  # or "ensemble"
+    kind: str  # global, local, insider, outsider
+    site: str | None = None
+
+
+def rate(c: Cell) -> Interval:
+    return wilson(c.n_misclassified_after, c.n_correct_before)
+
+
+def control_rate(c: Cell) -> Interval:
+    if c.n_control_misclassified is None:
+        return wilson(0, 0)
+    return wilson(c.n_control_misclassified, c.n_correct_before)
+
+
+def usable(c: Cell) -> bool:
+    """A transfer cell that counts in means: not white-box, enough images."""
+    return not c.white_box and c.n_correct_before >= MIN_CELL
+
+
+def flagged(m: Measurement) -> list[Cell]:
+    """Transfer cells with too few images for a meaningful interval."""
+    return [c for c in m.cells if not c.white_box and c.n_correct_before < MIN_CELL]
+
+
+@dataclass(frozen=True)
+class Group:
+    """A mean over models (or cells) with its spread and interval."""
+
+    mean: Interval  # bootstrap interval over the units
+    sd: float
+    n: int  # units (models or cells)
+    images: int  # images behind it (sum of denominators)
+    control: Interval
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "mean": self.mean.to_json(),
+            "sd": round(self.sd, 6),
+            "n": self.n,
+            "images": self.images,
+            "control_mean": self.control.to_json(),
+        }
+
+    def text(self) -> str:
+        if self.n == 0:
+            return "n/a"
+        return f"{self.mean.percent()} (sd {100 * self.sd:.1f}, n={self.n}; control {self.control.percent()})"
+
+
+def group(units: list[list[Cell]], seed: int) -> Group:
+    """Mean over units (a unit = the cells of one model, or one cell) of each unit's mean rate."""
+    units = [u for u in units if u]
+    values = [statistics.fmean(rate(c).value for c in u) for u in units]
+    controls = [
+        statistics.fmean(control_rate(c).value for c in u)
+        for u in units
+        if all(c.n_control_misclassified is not None for c in u)
+    ]
+    return Group(
+        mean=bootstrap_mean(values, seed),
+        sd=statistics.stdev(values) if len(values) > 1 else 0.0,
+        n=len(values),
+        images=sum(c.n_correct_before for u in units for c in u),
+        control=bootstrap_mean(controls, seed),
+    )
+
+
+Pick = Callable[[Cell], bool]
+
+
+def cells_where(m: Measurement, pick: Pick) -> list[Cell]:
+    return [c for c in m.cells if usable(c) and pick(c)]
+
+
+def by_model(m: Measurement, names: Iterable[str], side: str, pick: Pick) -> list[list[Cell]]:
+    """For each model: its usable cells as `side` ('source' or 'target') that `pick` keeps."""
+    return [[c for c in cells_where(m, pick) if getattr(c, side) == n] for n in names]
+
+
+def study_table(m: Measurement, info: dict[str, Info], seed: int) -> dict[str, dict[str, Group]]:
+    """arch -> {as_source, as_source_same_arch, as_source_cross_arch, as_target, ..., white_box}."""
+    out = {}
+
+    def same(c: Cell) -> bool:
+        return info[c.source].arch == info[c.target].arch
+
+    for arch in sorted({info[n].arch for n in m.targets}):
+        models = [n for n in m.targets if info[n].arch == arch]
+        row = {}
+        for side in ("source", "target"):
+            row[f"as_{side}"] = group(by_model(m, models, side, lambda c: True), seed)
+            row[f"as_{side}_same_arch"] = group(by_model(m, models, side, same), seed)
+            row[f"as_{side}_cross_arch"] = group(by_model(m, models, side, lambda c: not same(c)), seed)
+        white = [[c] for c in m.cells if c.white_box and c.source in models and c.n_correct_before > 0]
+        row["white_box"] = group(white, seed)
+        out[arch] = row
+    return out
+
+
+def cell_view(m: Measurement, info: dict[str, Info], seed: int) -> dict[str, dict[str, Group]]:
+    """arch -> {as_source, as_target}: means over every usable cell (not over models)."""
+
+    def of_arch(side: str, arch: str) -> Pick:
+        return lambda c: info[getattr(c, side)].arch == arch
+
+    out = {}
+    for arch in sorted({info[n].arch for n in m.sources} | {info[n].arch for n in m.targets}):
+        out[arch] = {
+            f"as_{side}": group([[c] for c in cells_where(m, of_arch(side, arch))], seed)
+            for side in ("source", "target")
+        }
+    return out
+
+
+def by_target_group(m: Measurement, info: dict[str, Info], seed: int) -> dict[str, Group]:
+    """Transfer onto each target architecture and onto global / local targets (means over cells)."""
+
+    def where(field: str, value: str) -> Pick:
+        return lambda c: getattr(info[c.target], field) == value
+
+    groups: dict[str, Pick] = {a: where("arch", a) for a in sorted({info[n].arch for n in m.targets})}
+    groups["global targets"] = where("kind", "global")
+    groups["local targets"] = where("kind", "local")
+    groups["all targets"] = lambda c: True
+    return {k: group([[c] for c in cells_where(m, pick)], seed) for k, pick in groups.items()}
+
+
+def global_vs_local(m: Measurement, info: dict[str, Info], seed: int) -> tuple[dict[str, Group], PairedTest]:
+    """Transfer onto global vs local targets, and the paired test: for each source, the mean
+    over architectures of T(source -> global) - mean T(source -> locals) of that
+    architecture (usable cells only; the source itself is never a target here)."""
+    cell = {(c.source, c.target): c for c in m.cells if usable(c)}
+    diffs = []
+    for src in m.sources:
+        per_arch = []
+        for arch in sorted({info[n].arch for n in m.targets}):
+            glob = [n for n in m.targets if info[n].arch == arch and info[n].kind == "global"]
+            locs = [n for n in m.targets if info[n].arch == arch and info[n].kind == "local"]
+            g = [rate(cell[src, t]).value for t in glob if (src, t) in cell]
+            loc = [rate(cell[src, t]).value for t in locs if (src, t) in cell]
+            if g and loc:
+                per_arch.append(statistics.fmean(g) - statistics.fmean(loc))
+        if per_arch:
+            diffs.append(statistics.fmean(per_arch))
+
+    def of_kind(kind: str) -> Pick:
+        return lambda c: info[c.target].kind == kind
+
+    groups = {k: group([[c] for c in cells_where(m, of_kind(k))], seed) for k in ("global", "local")}
+    return groups, sign_flip_test(diffs, seed)
+
+
+def over_control(m: Measurement, seed: int) -> PairedTest:
+    """Does the attack fool the targets more than random-sign noise at the same eps? For
+    each target, the mean over its usable cells of transfer minus control (the same
+    images, the same target); an exact sign-flip test over the targets (the classifiers
+    the question is about; a target's cells share it, so they are one unit)."""
+    diffs = []
+    for name in m.targets:
+        cells = [
+            c for c in m.cells if c.target == name and usable(c) and c.n_control_misclassified is not None
+        ]
+        if cells:
+            diffs.append(statistics.fmean(rate(c).value - control_rate(c).value for c in cells))
+    return sign_flip_test(diffs, seed)

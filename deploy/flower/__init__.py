@@ -1,0 +1,1 @@
+"""Driving Flower's own processes and CLI: commands, process groups, connections, progress."""

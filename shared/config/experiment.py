@@ -1,0 +1,191 @@
+"""The experiment config: one YAML file, parsed once into typed, frozen dataclasses.
+
+Unknown, missing and mistyped keys are errors that name the dotted key and the file.
+Relative paths in the YAML are resolved against the current working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from shared.config.attack import AttackConfig
+from shared.config.data import (
+    DEFAULT_MAX_PIXELS,
+    SITES,
+    DataConfig,
+    DatasetConfig,
+    DatasetKind,
+    OverlapConfig,
+    SplitConfig,
+)
+from shared.config.study import StudyConfig, Variant
+from shared.config.training import AdversarialTraining, ArchTraining, OptimizerConfig, TrainingConfig
+from shared.config.typed import build, plain, set_dotted
+from shared.errors import ConfigError
+from shared.io import atomic_write
+
+
+def check_arch_names(names: tuple[str, ...], key: str) -> None:
+    """Every name must be a timm model name: a typo fails at config load, not in a site."""
+    import timm  # only here: a second to import, and the config's users all need it soon
+
+    for name in names:
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name[:5]}*")[:5]
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise ValueError(f"{key}: {name!r} is not a timm model name{hint}")
+
+
+# The data and training classes live in shared.config.data and shared.config.training;
+# they are re-exported here.
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "SITES",
+    "AdversarialTraining",
+    "ArchTraining",
+    "DataConfig",
+    "DatasetConfig",
+    "DatasetKind",
+    "ExperimentConfig",
+    "FederationConfig",
+    "OptimizerConfig",
+    "OverlapConfig",
+    "SplitConfig",
+    "StudyConfig",
+    "SynthConfig",
+    "TrainingConfig",
+    "Variant",
+    "load_config",
+    "parse_config",
+]
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """FedAvg settings. One Flower run per architecture."""
+
+    architectures: tuple[str, ...]
+    rounds: int = 3
+    min_sites: int = 4
+    round_timeout_s: float = 3600.0
+    # The architectures' Flower runs run at once on one SuperLink: Flower's fixed cost per
+    # message (a ClientApp process start, weight transfers, polling) then overlaps.
+    concurrent_runs: bool = True
+    # fedavg; fedprox (Flower's FedProx, the proximal term in each site's loss); fedbn
+    # (BatchNorm parameters and statistics stay at each site, everything else is averaged).
+    strategy: Literal["fedavg", "fedprox", "fedbn"] = "fedavg"
+    proximal_mu: float = 0.0  # fedprox: weight of (mu / 2) * ||w - w_global||^2
+
+    def __post_init__(self) -> None:
+        if self.strategy == "fedprox" and self.proximal_mu <= 0:
+            raise ValueError(f"proximal_mu: fedprox needs a weight > 0, got {self.proximal_mu}")
+        if self.strategy != "fedprox" and self.proximal_mu != 0:
+            raise ValueError(f"proximal_mu: only fedprox uses it (strategy is {self.strategy})")
+        if not self.architectures:
+            raise ValueError("architectures: give at least one timm model name")
+        if len(set(self.architectures)) != len(self.architectures):
+            raise ValueError("architectures: names must be unique")
+        if self.rounds < 1:
+            raise ValueError("rounds: must be >= 1")
+        if not 1 <= self.min_sites <= len(SITES):
+            raise ValueError(f"min_sites: must be in 1..{len(SITES)}")
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """The synthetic twin that `fedattack demo` writes (under output_dir/data)."""
+
+    patients: int = 400
+    size: int = 256
+    positive_rate: float = 0.35
+
+    def __post_init__(self) -> None:
+        if self.patients < 20:
+            raise ValueError("patients: must be at least 20")
+        if not 0.05 <= self.positive_rate <= 0.95:
+            raise ValueError("positive_rate: must be in [0.05, 0.95]")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole experiment. `output_dir` holds splits, caches, checkpoints and results."""
+
+    name: str
+    seed: int
+    output_dir: Path
+    data: DataConfig
+    federation: FederationConfig
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    study: StudyConfig | None = None  # `fedattack study`: variants to train and compare
+
+    def __post_init__(self) -> None:
+        # per_arch and pretrained may name architectures this run leaves out (a config
+        # narrowed with an override keeps working); every name must be a timm model
+        check_arch_names(self.federation.architectures, "federation.architectures")
+        check_arch_names(tuple(self.training.per_arch), "training.per_arch")
+        check_arch_names(tuple(self.training.pretrained), "training.pretrained")
+        if len(self.data.sites) < self.federation.min_sites:
+            raise ValueError(
+                f"federation.min_sites: {self.federation.min_sites} exceeds the "
+                f"{len(self.data.sites)} configured sites"
+            )
+
+    @property
+    def splits_dir(self) -> Path:
+        return self.output_dir / "splits"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.output_dir / "cache"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    @property
+    def attack_dir(self) -> Path:
+        return self.output_dir / "attack"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML-safe dict of the resolved config."""
+        return plain(dataclasses.asdict(self))
+
+    def dump(self, path: Path) -> None:
+        """Write the resolved config as YAML (saved next to checkpoints and results)."""
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load and validate an experiment YAML. `overrides` maps dotted keys to new values."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder; give the experiment YAML file in it") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a text file (byte {e.start} is not UTF-8); give the experiment YAML"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(raw, dotted, value, path)
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Validate a config already parsed from YAML."""
+    return build(ExperimentConfig, raw, "", source)

@@ -1,0 +1,1 @@
+"""The checkpoint store: manifest.json plus one safetensors file per model, written atomically, hashed."""
