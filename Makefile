@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup demo test unit lint typecheck benchmark compose-v2 clean
+.PHONY: setup demo test unit integration e2e docker lint typecheck benchmark compose-v2 clean
 
 setup: $(VENV)/.installed
 
@@ -18,13 +18,26 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/fedattack demo --config configs/demo.yaml
 
-# Everything CI runs: formatting and lint, types, the whole suite (end-to-end included).
+# Everything CI runs: formatting and lint, types, the whole suite (every tier).
 test: lint typecheck compose-v2
 	$(PY) -m pytest
 
-# The unit tests only (no real Flower processes, no containers): a minute or two.
+# The suite in tiers (pyproject.toml's markers; every test is in exactly one):
+# unit: in-process only, under 2 minutes; integration: the CLI as subprocesses, loopback
+# servers, network namespaces; e2e: real Flower federations; docker: needs the engine.
+# The unit tier runs torch on one thread unless OMP_NUM_THREADS says otherwise: on two
+# cores shared with other work a second thread spins against them (18 min instead of 3).
 unit: setup
-	$(PY) -m pytest -m "not e2e"
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m unit
+
+integration: setup compose-v2
+	$(PY) -m pytest -m integration
+
+e2e: setup
+	$(PY) -m pytest -m e2e
+
+docker: setup
+	$(PY) -m pytest -m docker
 
 lint: setup
 	$(PY) -m ruff check .

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -19,6 +18,7 @@ from attack.measure.transfer import measure
 from attack.methods.registry import build_attack, check_attack_names
 from attack.pull.fetch import StoreSnapshot, fetch_state, read_manifest, tls_context, wait_for_complete
 from attack.reports.provenance import provenance
+from attack.reports.records import RunMeta, Skipped
 from attack.reports.results import study_json
 from attack.reports.study import write_outputs
 from attack.reports.tables import Info
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class Loaded:
     targets: list[Target]
     hashes: dict[str, str]
-    skipped: list[dict[str, str]]
+    skipped: list[Skipped]
 
 
 def load_models(snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path, skip_bad: bool) -> Loaded:
@@ -56,7 +56,7 @@ def load_models(snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path, skip_ba
             if not skip_bad:
                 raise CheckpointError(f"{e} (pass --skip-bad to measure without it)") from None
             log.warning("skipping %s: %s", entry.name, e)
-            skipped.append({"name": entry.name, "reason": str(e)})
+            skipped.append(Skipped(entry.name, str(e)))
     if not targets:
         raise AttackError("no usable model in the checkpoint store")
     return Loaded(targets, hashes, skipped)
@@ -140,18 +140,18 @@ def run_attack(
     )
     clean = {t.name: clean_performance(t.model, test, s) for t in loaded.targets}
     by_set = {k: sum(1 for i in data.ids if i.startswith(k + "/")) for k in digests}
-    meta: dict[str, Any] = {
-        "attack": m.attack,
-        "eps": m.eps,
-        "threat": "member",
-        "seed": cfg.seed,
-        "store": store,
-        "n_images": len(data),
-        "n_images_by_set": ", ".join(f"{n} from {k}" for k, n in by_set.items()),
-        "image_size": cfg.data.image_size,
-        "skipped": loaded.skipped,
-        "provenance": provenance(s, split),
-    }
+    meta = RunMeta(
+        attack=m.attack,
+        eps=m.eps,
+        threat="member",
+        seed=cfg.seed,
+        store=store,
+        n_images=len(data),
+        n_images_by_set=", ".join(f"{n} from {k}" for k, n in by_set.items()),
+        image_size=cfg.data.image_size,
+        skipped=tuple(loaded.skipped),
+        provenance=provenance(s, split),
+    )
     results = study_json(m, info, clean, loaded.hashes, meta, cfg.seed)
     write_outputs(out, m, info, clean, results, meta, cfg.seed)
     cfg.dump(out / "config.yaml")
@@ -159,5 +159,5 @@ def run_attack(
         subset = cfg.attack.suite.max_images_per_dataset
         if subset is not None and subset != cfg.attack.max_images_per_dataset:
             probe = Probe(loaded.targets, attack_set(test, subset), s)
-        run_suite(cfg, suite, probe, loaded.targets, info, s, out / "suite", meta["provenance"], progress)
+        run_suite(cfg, suite, probe, loaded.targets, info, s, out / "suite", meta.provenance, progress)
     return out / "report.md"

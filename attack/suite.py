@@ -10,10 +10,8 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 from attack.measure.core import (
-    Measurement,
     Probe,
     Settings,
     Source,
@@ -27,11 +25,12 @@ from attack.measure.threats import insider_sources, member_sources, outsider_sou
 from attack.measure.transfer import measure
 from attack.methods.registry import build_attack
 from attack.reports.heatmap import heatmap_png
-from attack.reports.results import measurement_json
-from attack.reports.study import matrix_csv, md_safe
+from attack.reports.provenance import Provenance
+from attack.reports.records import Ensemble, SuiteMeta, SuiteRow
+from attack.reports.results import suite_json
+from attack.reports.study import matrix_csv
 from attack.reports.suite import suite_md, sweep_png
 from attack.reports.tables import Info, by_target_group, over_control
-from attack.stats import PairedTest
 from shared.config.experiment import ExperimentConfig
 from shared.io import atomic_write
 
@@ -77,20 +76,11 @@ def _fit_scales(sources: dict[str, list[Source]], probe: Probe, s: Settings) -> 
     return fitted
 
 
-def _write(
-    folder: Path,
-    m: Measurement,
-    info: dict[str, Info],
-    threat: str,
-    meta: dict[str, Any],
-    seed: int,
-    versus: PairedTest,
-) -> None:
+def _write(folder: Path, row: SuiteRow, meta: SuiteMeta, info: dict[str, Info], seed: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    body = {**meta, "threat": threat, **measurement_json(m, info, seed), "over_control": versus.to_json()}
-    atomic_write(folder / "results.json", json.dumps(body, indent=1))
-    atomic_write(folder / "matrix.csv", matrix_csv(m))
-    heatmap_png(m, folder / "heatmap.png", f"{m.attack} (eps {m.eps}), {threat} threat")
+    atomic_write(folder / "results.json", json.dumps(suite_json(meta, row, info, seed), indent=1))
+    atomic_write(folder / "matrix.csv", matrix_csv(row.m))
+    heatmap_png(row.m, folder / "heatmap.png", f"{row.m.attack} (eps {row.m.eps}), {row.threat} threat")
 
 
 def run_suite(
@@ -101,20 +91,16 @@ def run_suite(
     info: dict[str, Info],
     s: Settings,
     out: Path,
-    provenance: dict[str, Any],
+    provenance: Provenance,
     progress: bool = True,
 ) -> Path:
     """Measure every (attack, threat) at the study's eps and the sweeps; write the reports."""
     started = time.monotonic()
     info = dict(info)
     sources = sources_for(cfg, req.threats, targets, req.outsider_dir or out / "outsider", info)
-    meta = {
-        "seed": cfg.seed,
-        "n_images": len(probe.data),
-        "provenance": provenance,
-        "ensemble": {"mode": cfg.attack.suite.ensemble, "scales": _fit_scales(sources, probe, s)},
-    }
-    rows: dict[tuple[str, str, float], dict[str, Any]] = {}
+    ensemble = Ensemble(cfg.attack.suite.ensemble, _fit_scales(sources, probe, s))
+    meta = SuiteMeta(cfg.seed, len(probe.data), provenance, ensemble)
+    rows: dict[tuple[str, str, float], SuiteRow] = {}
     runs = [(a, t, cfg.attack.eps) for a in req.attacks for t in req.threats]
     runs += [
         (a, t, e)
@@ -135,16 +121,16 @@ def run_suite(
             if eps == cfg.attack.eps
             else out / "sweep" / f"{name}-{threat}-eps{eps:g}"
         )
-        versus = over_control(m, cfg.seed)
-        _write(folder, m, info, threat, {**meta, "eps": eps}, cfg.seed, versus)
-        rows[name, threat, eps] = {
-            "groups": by_target_group(m, info, cfg.seed),
-            "over_control": versus,
-            "white_box": [c for c in m.cells if c.white_box and c.n_correct_before > 0],
-            "sources": len(m.sources),
-            "empty": [md_safe(x) for x in m.sources if not m.attacked[x]],
-            "folder": folder.relative_to(out).as_posix(),
-        }
+        row = SuiteRow(
+            threat,
+            eps,
+            m,
+            groups=by_target_group(m, info, cfg.seed),
+            over_control=over_control(m, cfg.seed),
+            folder=folder.relative_to(out).as_posix(),
+        )
+        _write(folder, row, meta, info, cfg.seed)
+        rows[name, threat, eps] = row
     atomic_write(out / "suite.md", suite_md(rows, req, cfg.attack.eps, meta))
     sweep_png(rows, req, out / "sweep.png", out / "sweep.json")
     print(

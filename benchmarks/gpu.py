@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.run import ARCHS, attack_images, make_models, run_job
-from shared.config.experiment import OptimizerConfig
+from shared.config.training import OptimizerConfig
 from shared.ml.models import build_model
 from shared.ml.training import make_optimizer, prepare, train_epochs
 

@@ -16,8 +16,10 @@ printed with the raw times:
   data      warm-cache loading time per epoch / training step time; decode throughput of
             PNG and JPEG Baseline DICOM against bare Pillow / pydicom
   flower    a round's wall time / the slowest site's training time (ResNet50, loopback)
+  clientapp a message's cold start in fresh processes (import, app load, data open, the
+            message minus training); against another checkout: benchmarks/clientapp_start.py
 
-    python -m benchmarks.run [--only attack,suite,scaling,memory,data,flower] [--quick]
+    python -m benchmarks.run [--only attack,suite,scaling,memory,data,flower,clientapp] [--quick]
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("resnet50", "densenet121", "inception_v3")
-SECTIONS = ("attack", "suite", "scaling", "memory", "data", "flower")
+SECTIONS = ("attack", "suite", "scaling", "memory", "data", "flower", "clientapp")
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -376,6 +378,16 @@ def bench_flower(args: argparse.Namespace) -> None:
         )
 
 
+def bench_clientapp(args: argparse.Namespace) -> None:
+    from benchmarks.clientapp_start import add_arguments, bench
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    ns = p.parse_args([])
+    ns.repeats = args.repeats
+    bench(ns)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
@@ -418,6 +430,7 @@ def main() -> None:
         "memory": bench_memory,
         "data": bench_data,
         "flower": bench_flower,
+        "clientapp": bench_clientapp,
     }
     for name in args.only.split(","):
         if name not in run:

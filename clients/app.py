@@ -9,7 +9,7 @@ from clients.site import Instructions, check_pin, train_site
 from shared.config.node import NodeConfig
 from shared.config.run import RunSettings
 from shared.ml.calibration import MARGINS
-from shared.ml.wire import arrays_in, config_bool, config_float, config_in, config_int, config_str, to_record
+from shared.ml.wire import arrays_in, config_in, config_value, to_record
 
 app = ClientApp()
 KEPT_BN = "fedbn-batchnorm"  # context.state: FedBN, this site's own BatchNorm for this run
@@ -21,12 +21,12 @@ def train(msg: Message, context: Context) -> Message:
     run = RunSettings.from_run_config(dict(context.run_config))
     check_pin(node, run)
     config = config_in(msg.content, "config")
-    personal_bn = config_bool(config, "personal-bn", False)
+    personal_bn = config_value(config, "personal-bn", bool, False)
     kept = context.state.get(KEPT_BN) if personal_bn else None
     ask = Instructions(
-        server_round=config_int(config, "server-round") + config_int(config, "round-offset", 0),
-        finetune=config_str(config, "phase", "fedavg") == "finetune",
-        proximal_mu=config_float(config, "proximal-mu", 0.0),
+        server_round=config_value(config, "server-round", int) + config_value(config, "round-offset", int, 0),
+        finetune=config_value(config, "phase", str, "fedavg") == "finetune",
+        proximal_mu=config_value(config, "proximal-mu", float, 0.0),
         personal_bn=personal_bn,
         kept_bn=kept if isinstance(kept, ArrayRecord) else None,
     )

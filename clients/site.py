@@ -8,12 +8,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from shared.config.experiment import SITES
+from shared.config.data import SITES
 from shared.config.node import NodeConfig
 from shared.config.run import RunSettings
 from shared.data.cache import CachedPart, load_cached
@@ -23,10 +24,10 @@ from shared.data.torchdata import make_loader
 from shared.errors import ConfigError, FederationError
 from shared.ml.adversarial import Proximal
 from shared.ml.batchnorm import personal, recalibrate, statistics
-from shared.ml.calibration import UNCALIBRATED, fold_threshold, histogram
+from shared.ml.calibration import UNCALIBRATED, histogram
+from shared.ml.finish import Finished, finish
 from shared.ml.models import Classifier, build_model
 from shared.ml.training import (
-    EvalResult,
     balanced_weights,
     make_optimizer,
     metrics_from_logits,
@@ -37,6 +38,7 @@ from shared.ml.training import (
     train_epochs,
 )
 from shared.ml.wire import from_record
+from shared.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +105,8 @@ def model_with(run: RunSettings, arrays: ArrayRecord, where: str) -> Classifier:
 
 
 def _threads(run: RunSettings) -> None:
-    if run.threads > 0:
-        torch.set_num_threads(run.threads)
+    if run.training.threads > 0:
+        torch.set_num_threads(run.training.threads)
 
 
 def keep_personal_bn(model: Classifier, kept: ArrayRecord, where: str) -> None:
@@ -121,7 +123,9 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
     _threads(run)
     server_round, finetune = ask.server_round, ask.finetune
     site_index = SITES.index(site.site)
-    torch.manual_seed(run.seed * 10_000 + server_round * 10 + site_index + (5 if finetune else 0))
+    torch.manual_seed(
+        derive_seed(run.seed, "site-torch", server_round=server_round, site=site_index, finetune=finetune)
+    )
     device = pick_device(site.device)
     received = model_with(run, arrays, f"site {site.site}")
     own_bn = ask.personal_bn and ask.kept_bn is not None
@@ -131,43 +135,41 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
     model = prepare(received, device, training=True)
     train = site_data(site, run, "train")
     val = site_data(site, run, "val")
-    val_loader = make_loader(val, run.channels, run.batch_size * 2, False, 0, 0)
+    t = run.training
+    val_loader = make_loader(val, run.channels, t.batch_size * 2, False, 0, 0)
     bn = None
     if own_bn:  # FedBN: the site's own statistics are those of its own BatchNorm
         bn = statistics(model)
-    elif run.batchnorm == "recalibrate":  # statistics of the received weights, on this site's data
-        recalibrate(
-            model, make_loader(train, run.channels, run.batch_size * 2, False, run.workers, 0), device
-        )
+    elif t.batchnorm == "recalibrate":  # statistics of the received weights, on this site's data
+        recalibrate(model, make_loader(train, run.channels, t.batch_size * 2, False, run.workers, 0), device)
         bn = statistics(model)
     before_logits, val_labels = predict(model, val_loader, device)
     before = metrics_from_logits(before_logits, val_labels)
-    if run.batchnorm == "restart" and not own_bn:
+    if t.batchnorm == "restart" and not own_bn:
         restart_batchnorm_statistics(model)
-    epochs = run.finetune_epochs if finetune else run.local_epochs
-    lr = run.finetune_lr if finetune else run.optimizer.lr
+    epochs = t.finetune_epochs if finetune else t.local_epochs
+    lr = t.finetune_rate if finetune else t.optimizer.lr
     loader = make_loader(
         train,
         run.channels,
-        run.batch_size,
+        t.batch_size,
         True,
         run.workers,
-        seed=run.seed + server_round * 100 + site_index,
+        seed=derive_seed(run.seed, "site-shuffle", server_round=server_round, site=site_index),
     )
     started = time.perf_counter()
-    weights = balanced_weights(train.labels) if run.class_balance else None
-    adv = run.adversarial
+    weights = balanced_weights(train.labels) if t.class_balance else None
+    adv = t.adversarial
     adversarial = adv if adv is not None and (finetune or server_round >= adv.start_round) else None
     proximal = Proximal(model, ask.proximal_mu) if ask.proximal_mu > 0 else None
-    optimizer = make_optimizer(model, run.optimizer, lr)
-    loss = train_epochs(model, loader, optimizer, epochs, device, weights, adversarial, proximal)
+    optimizer = make_optimizer(model, t.optimizer, lr)
+    trained = cast(torch.nn.Module, torch.compile(model)) if t.compile else model  # these passes only
+    loss = train_epochs(trained, loader, optimizer, epochs, device, weights, adversarial, proximal)
     train_seconds = time.perf_counter() - started
-    after_logits, _ = predict(model, val_loader, device)
-    after = metrics_from_logits(after_logits, val_labels)
-    calibrate = finetune and run.calibration == "youden"
-    cut: dict[str, float] = {}
-    if calibrate:
-        after, cut = _calibrate(model, after_logits, val_labels, site.site)
+    calibrate = finetune and t.calibration == "youden"
+    done = finish(model, val_loader, device, calibrate=calibrate)  # the statistics it trained with
+    after = done.metrics
+    cut = _record(done, site.site) if calibrate else {}
     log.info(
         "site %s %s round %d: train loss %.4f, val auc %.3f -> %.3f",
         site.site,
@@ -199,21 +201,17 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
     )
 
 
-def _calibrate(
-    model: torch.nn.Module, logits: np.ndarray, labels: np.ndarray, site: str
-) -> tuple[EvalResult, dict[str, float]]:
-    """Cut the fine-tuned model's decision threshold on this site's validation logits and
-    fold it into its head; the validation figures of the model as stored, and the cut's
-    record (threshold; sensitivity and specificity at argmax, before it). A validation
-    part with one class cannot place a threshold: the model keeps argmax, recorded as
+def _record(done: Finished, site: str) -> dict[str, float]:
+    """The record of the fine-tuned model's calibration (shared.ml.finish): its threshold,
+    and its sensitivity and specificity at argmax, before the fold. A validation part with
+    one class cannot place a threshold: the model keeps argmax, recorded as
     val-calibrated 0."""
-    if len(np.unique(labels)) < 2:
+    if done.cut is None:
         log.warning(
             "site %s: validation part holds one class only: the local model keeps the argmax "
             "rule (raise data.split.val_fraction to calibrate it)",
             site,
         )
-        return metrics_from_logits(logits, labels), dict(UNCALIBRATED)
-    cut, shifted = fold_threshold(model, logits, labels)
-    record = {k: v for k, v in cut.as_metrics("val-").items() if "threshold" in k or "argmax" in k}
-    return metrics_from_logits(shifted, labels), {**record, "val-calibrated": 1.0}
+        return dict(UNCALIBRATED)
+    record = {k: v for k, v in done.cut.as_metrics("val-").items() if "threshold" in k or "argmax" in k}
+    return {**record, "val-calibrated": 1.0}

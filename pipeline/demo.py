@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
+from attack.reports.figures import CleanFigures, Estimate
+from attack.reports.readback import read_models
 from attack.service import run_attack
 from deploy.local import federate
 from shared.config.experiment import load_config
@@ -63,24 +64,20 @@ def run_demo(
     report = run_attack(cfg, str(store), cfg.attack_dir)
     t2 = time.monotonic()
     print(report.read_text())
-    print(
-        model_table(
-            CheckpointStore(store).models(), json.loads((cfg.attack_dir / "results.json").read_text())
-        )
-    )
+    clean = {m.name: m.clean_test for m in read_models(cfg.attack_dir / "results.json")}
+    print(model_table(CheckpointStore(store).models(), clean))
     print(f"timings: federation {t1 - t0:.0f}s, attack {t2 - t1:.0f}s, total {t2 - t0:.0f}s")
     return report
 
 
-def model_table(entries: list[ModelEntry], results: dict[str, Any]) -> str:
-    """Every model's validation figures (from training) and clean test figures (from the
-    attack's results), and a visible warning naming any model below the bar."""
-    clean = {m["name"]: m["clean_test"] for m in results["models"]}
+def model_table(entries: list[ModelEntry], clean: Mapping[str, CleanFigures]) -> str:
+    """Every model's validation figures (from training) and clean test figures (model name
+    -> from the attack's results.json), and a visible warning naming any model below the bar."""
 
-    def iv(d: dict[str, Any]) -> str:
-        if d["value"] is None:
+    def iv(d: Estimate) -> str:
+        if d.value is None or d.low is None or d.high is None:
             return "n/a"
-        return f"{d['value']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
+        return f"{d.value:.2f} [{d.low:.2f}, {d.high:.2f}]"
 
     lines = [
         "",
@@ -91,7 +88,7 @@ def model_table(entries: list[ModelEntry], results: dict[str, Any]) -> str:
     for e in entries:
         v = [e.metrics.get(k, float("nan")) for k in BAR]
         c = clean.get(e.name)
-        test = f"{iv(c['auc']):<20}{iv(c['sensitivity']):<20}{iv(c['specificity']):<20}" if c else "(skipped)"
+        test = f"{iv(c.auc):<20}{iv(c.sensitivity):<20}{iv(c.specificity):<20}" if c else "(skipped)"
         cal = _calibration(e.metrics)
         lines.append(f"{e.name:<24}{v[0]:>8.3f}{v[1]:>6.2f}{v[2]:>6.2f}{cal}   {test}")
         misses = [f"{k} {x:.2f}" for (k, bar), x in zip(BAR.items(), v, strict=True) if not x >= bar]

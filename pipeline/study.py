@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shared.config.experiment import ExperimentConfig, load_config
 from shared.errors import ConfigError, FedAttackError
 from shared.io import ensure_writable_dir
 from shared.store.folder import CheckpointStore
+
+if TYPE_CHECKING:
+    from attack.reports.summary import VariantSummary
 
 log = logging.getLogger(__name__)
 
@@ -73,19 +76,18 @@ def run_variant(
 def _attacked_already(cfg: ExperimentConfig, attack: str, threat: str) -> bool:
     """This (attack, threat) has results, crafted with the config's ensemble mode (results
     of another mode, or from before the mode was recorded, are measured again)."""
+    from attack.reports.readback import recorded_ensemble_mode
+
     path = cfg.attack_dir / "suite" / f"{attack}-{threat}" / "results.json"
     if not path.is_file():
         return False
-    try:
-        mode = json.loads(path.read_text()).get("ensemble", {}).get("mode")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return bool(mode == cfg.attack.suite.ensemble)
+    return recorded_ensemble_mode(path) == cfg.attack.suite.ensemble
 
 
 def run_study(config: Path, out: str | None) -> Path:
     from attack.measure.threats import check_threat_names
     from attack.methods.registry import check_attack_names
+    from attack.reports.summary import StudyMeta
     from attack.reports.variants import variant_summary, write_study
 
     base, cfgs = variant_configs(config, out)
@@ -94,7 +96,7 @@ def run_study(config: Path, out: str | None) -> Path:
     check_attack_names(study.attacks)
     check_threat_names(study.threats)
     ensure_writable_dir(base.output_dir, "study output folder (output_dir, or --out)")
-    results: dict[str, dict[str, Any] | str] = {}
+    results: dict[str, VariantSummary | str] = {}
     for i, (name, cfg) in enumerate(cfgs.items(), 1):
         print(f"\n[study {i}/{len(cfgs)}] variant {name}: {cfg.output_dir}", flush=True)
         try:
@@ -110,14 +112,14 @@ def run_study(config: Path, out: str | None) -> Path:
     }
     if len({json.dumps(f, sort_keys=True) for f in fingerprints.values() if f is not None}) > 1:
         raise FedAttackError("study: the variants' splits differ; they must share data and seed")
-    meta = {
-        "seed": base.seed,
-        "eps": base.attack.eps,
-        "attacks": list(study.attacks),
-        "threats": list(study.threats),
-        "robust_attack": study.robust_attack,
-        "overrides": {v.name: v.overrides for v in study.variants},
-    }
+    meta = StudyMeta(
+        base.seed,
+        base.attack.eps,
+        study.attacks,
+        study.threats,
+        study.robust_attack,
+        {v.name: v.overrides for v in study.variants},
+    )
     report = write_study(base.output_dir, results, study, base.attack.eps, meta)
     failed = [n for n, r in results.items() if isinstance(r, str)]
     print(

@@ -64,7 +64,7 @@ class Federation:
             Path(run.pretrained) if run.pretrained else None,
             run.net_size,
         )
-        if run.calibration == "youden":
+        if run.training.calibration == "youden":
             bias_key(self.reference)  # an architecture without a 2-class linear head: fail now
 
     def run_all(self) -> None:
@@ -78,7 +78,7 @@ class Federation:
             self.store.begin(run.study, run.resume)
         if run.split_digests:
             self.store.record_split(run.split_digests, run.resume)
-        elif not run.resume and run.arch == run.architectures[0]:
+        elif not run.resume and run.arch == run.federation.architectures[0]:
             self.store.reset()  # a hand-started `flwr run`, one architecture after the other
         if run.resume:
             last = self.store.last_round(run.arch)
@@ -86,14 +86,15 @@ class Federation:
                 state = self.store.load(last["file"], last["sha256"])
                 offset = int(last["round"])
                 log.info("%s: resuming after stored round %d", run.arch, offset)
-        self.events.write("run-start", arch=run.arch, rounds=run.num_rounds, resume_from=offset)
+        self.events.write("run-start", arch=run.arch, rounds=run.federation.rounds, resume_from=offset)
         try:
             final = self.fedavg(state, offset)
             self.finetune(final)
         except Exception as e:
             self.events.write("run-failed", arch=run.arch, reason=f"{type(e).__name__}: {e}")
             raise
-        complete = self.store.mark_complete(list(run.architectures), list(run.sites), run.min_sites)
+        fed = run.federation
+        complete = self.store.mark_complete(list(fed.architectures), list(run.sites), fed.min_sites)
         self.events.write("run-done", arch=run.arch, store_complete=complete)
         plot_metrics(self.store.events_path, self.store.plot_path)
 
@@ -109,7 +110,7 @@ class Federation:
 
     def fedavg(self, state: dict[str, torch.Tensor], offset: int) -> dict[str, torch.Tensor]:
         run = self.run
-        if offset >= run.num_rounds:
+        if offset >= run.federation.rounds:
             return state
         strategy = make_strategy(run, self.events, offset)
         config = ConfigRecord({"phase": "fedavg", "round-offset": offset})
@@ -126,12 +127,12 @@ class Federation:
             )
             return None
 
-        wait_for_nodes(self.grid, run.min_sites, run.round_timeout)
+        wait_for_nodes(self.grid, run.federation.min_sites, run.federation.round_timeout_s)
         result = strategy.start(
             self.grid,
             to_record(state),
-            num_rounds=run.num_rounds - offset,
-            timeout=run.round_timeout,
+            num_rounds=run.federation.rounds - offset,
+            timeout=run.federation.round_timeout_s,
             train_config=config,
             evaluate_fn=after_round,
         )
@@ -140,10 +141,10 @@ class Federation:
     def finetune(self, state: dict[str, torch.Tensor]) -> None:
         """Each site validates the final global model, then fine-tunes it on its own shard;
         the replies become the local checkpoints."""
-        run, rnd = self.run, self.run.num_rounds + 1
-        nodes = wait_for_nodes(self.grid, run.min_sites, run.round_timeout)
+        run, rnd = self.run, self.run.federation.rounds + 1
+        nodes = wait_for_nodes(self.grid, run.federation.min_sites, run.federation.round_timeout_s)
         arrays = to_record(state)
-        fedbn = run.strategy == "fedbn"
+        fedbn = run.federation.strategy == "fedbn"
         config = ConfigRecord(
             {"phase": "finetune", "server-round": rnd, "round-offset": 0, "personal-bn": fedbn},
         )
@@ -154,19 +155,19 @@ class Federation:
             for n in nodes
         ]
         log.info("%s: fine-tuning at %d sites", run.arch, len(nodes))
-        replies = self.grid.send_and_receive(messages, timeout=run.round_timeout)
+        replies = self.grid.send_and_receive(messages, timeout=run.federation.round_timeout_s)
         good = check_replies(replies, run, "finetune", self.events, rnd)
         log_site_replies(self.events, run, good, rnd, "site-finetune")
         last = self.store.last_round(run.arch)
         evaluation = global_evaluation(good)
-        self.record_evaluation(run.num_rounds, evaluation, last["sites"] if last else [])
+        self.record_evaluation(run.federation.rounds, evaluation, last["sites"] if last else [])
         spec = self.reference.spec
         final, metrics = self.with_pooled_batchnorm(state, good), evaluation
-        if run.calibration == "youden" and run.strategy == "fedbn":
+        if run.training.calibration == "youden" and run.federation.strategy == "fedbn":
             # the sites validated their personalised versions, not this average: no data
             # to cut the stored global's threshold on; it keeps argmax
             metrics = {**evaluation, **UNCALIBRATED}
-        elif run.calibration == "youden":
+        elif run.training.calibration == "youden":
             final, metrics = calibrated_global(final, evaluation, good, run.arch, bias_key(self.reference))
         self.store.save_model(
             final,
@@ -174,7 +175,7 @@ class Federation:
             arch=run.arch,
             kind="global",
             site=None,
-            round=run.num_rounds,
+            round=run.federation.rounds,
             input=spec,
             metrics=metrics,
             training=run.training_record,
@@ -200,7 +201,7 @@ class Federation:
         """The global weights with the BatchNorm statistics the sites re-estimated for them,
         pooled exactly (weighted by training images); FedAvg's averaged statistics when the
         run restarts statistics instead."""
-        if self.run.batchnorm != "recalibrate":
+        if self.run.training.batchnorm != "recalibrate":
             return state
         reference = statistics(self.reference)
         stats = [

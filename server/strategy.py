@@ -16,14 +16,14 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 from shared.config.run import RunSettings
 from shared.errors import FederationError
 from shared.events import EventLog
-from shared.ml.wire import config_in, config_str, metrics_in
+from shared.ml.wire import config_in, config_value, metrics_in
 
 log = logging.getLogger(__name__)
 EVAL_KEYS = ("loss", "accuracy", "auc", "sensitivity", "specificity")
 
 
 def site_of(reply: Message) -> str:
-    return config_str(config_in(reply.content, "meta"), "site")
+    return config_value(config_in(reply.content, "meta"), "site", str)
 
 
 def check_replies(
@@ -42,9 +42,9 @@ def check_replies(
     for e in errors:
         log.error("%s %s round %d: %s", run.arch, stage, rnd, e)
         events.write("site-error", arch=run.arch, stage=stage, round=rnd, reason=e)
-    if len(good) < run.min_sites:
+    if len(good) < run.federation.min_sites:
         raise FederationError(
-            f"{run.arch} {stage} round {rnd}: {len(good)} of the required {run.min_sites} sites "
+            f"{run.arch} {stage} round {rnd}: {len(good)} of the required {run.federation.min_sites} sites "
             f"replied ({', '.join(sorted(sites)) or 'none'}). " + " | ".join(errors) + _hint(errors)
         )
     return sorted(good, key=site_of)
@@ -99,7 +99,7 @@ class SiteAware(FedAvg):
     fewer than `min_sites` sites reply."""
 
     def __init__(self, run: RunSettings, events: EventLog, offset: int, **kwargs: Any) -> None:
-        n = run.min_sites
+        n = run.federation.min_sites
         super().__init__(
             fraction_evaluate=0.0, min_train_nodes=n, min_evaluate_nodes=n, min_available_nodes=n, **kwargs
         )
@@ -142,8 +142,8 @@ class FedBN(SiteAware, FedAvg):
 
 def make_strategy(run: RunSettings, events: EventLog, offset: int) -> SiteAware:
     """The configured strategy (federation.strategy)."""
-    if run.strategy == "fedprox":
-        return SiteAwareFedProx(run, events, offset, proximal_mu=run.proximal_mu)
-    if run.strategy == "fedbn":
+    if run.federation.strategy == "fedprox":
+        return SiteAwareFedProx(run, events, offset, proximal_mu=run.federation.proximal_mu)
+    if run.federation.strategy == "fedbn":
         return FedBN(run, events, offset)
     return SiteAwareFedAvg(run, events, offset)

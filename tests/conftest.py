@@ -1,4 +1,5 @@
-"""Shared fixtures: a small synthetic twin on disk and config files pointing at it."""
+"""Shared fixtures: a small synthetic twin on disk and config files pointing at it; and the
+rule that every test is in exactly one tier (pyproject.toml's markers)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,24 @@ import yaml
 from shared.prep.synth.twin import synthesize
 
 REPO = Path(__file__).resolve().parents[1]
+TIERS = ("unit", "integration", "e2e", "docker")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: every run checks every test
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse the run when a test has no tier or more than one: a new test cannot slip into
+    `make unit` unmarked, nor be run twice by the tiers."""
+    wrong = []
+    for item in items:
+        tiers = sorted({m.name for m in item.iter_markers() if m.name in TIERS})
+        if len(tiers) != 1:
+            wrong.append(f"  {item.nodeid}: {', '.join(tiers) or 'no tier'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"{len(wrong)} test(s) not in exactly one tier of {', '.join(TIERS)}; mark each with "
+            "pytestmark = pytest.mark.<tier> (whole file) or @pytest.mark.<tier> (one test), as "
+            "pyproject.toml's markers describe:\n" + "\n".join(wrong)
+        )
 
 
 def write_config(path: Path, data_dir: Path, out_dir: Path, **overrides: Any) -> Path:

@@ -11,9 +11,12 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from flwr.cli.utils import build_pathspec
 
 from tests.conftest import REPO
+
+pytestmark = pytest.mark.unit
 
 TOP = ("shared", "server", "clients", "attack", "deploy", "pipeline", "cli")
 APP_ENTRIES = ("clients.app", "server.app")

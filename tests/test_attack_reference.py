@@ -15,6 +15,8 @@ from shared.config.experiment import load_config
 from shared.ml.models import build_model
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.unit
+
 torchattacks = pytest.importorskip("torchattacks")
 EPS, ALPHA, STEPS, SEED = 0.02, 0.005, 5, 1234
 

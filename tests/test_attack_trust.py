@@ -77,6 +77,7 @@ def attack(cfg: Path, store: Path, out: Path, *extra: str) -> subprocess.Complet
     )
 
 
+@pytest.mark.unit
 def test_the_file_describes_itself_and_the_manifest_must_agree(store: Path) -> None:
     m = json.loads((store / "manifest.json").read_text())
     entry = ModelEntry.from_json(m["models"][1], "manifest")
@@ -106,6 +107,7 @@ def _mean_length(entry: dict, _: Path) -> None:
     entry["input"]["mean"] = [0.4, 0.4, 0.4]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "edit, needle",
     [
@@ -142,6 +144,7 @@ def _folder(entry: dict, store: Path) -> None:
     entry["file"] = "folder.safetensors"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "edit, needles",
     [

@@ -29,6 +29,8 @@ from shared.errors import AttackError, ConfigError
 from shared.ml.models import build_model
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.unit
+
 CPU = Settings(batch=3, device=torch.device("cpu"), dtype=torch.float32, seed=0, fit_fraction=0.5)
 
 

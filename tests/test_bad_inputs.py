@@ -65,6 +65,7 @@ def deflated_dicom(path: Path, rows: int, cols: int, pixel_bytes: int) -> Path:
     return path
 
 
+@pytest.mark.unit
 def test_png_decompression_bombs_are_unreadable_not_decoded(tmp_path: Path) -> None:
     bomb = png_bomb(tmp_path / "bomb.png", 10_000)
     assert bomb.stat().st_size < 100_000
@@ -78,6 +79,7 @@ def test_png_decompression_bombs_are_unreadable_not_decoded(tmp_path: Path) -> N
     assert read_image(png_bomb(tmp_path / "small.png", 100), max_pixels=10_000).shape == (100, 100)
 
 
+@pytest.mark.unit
 def test_a_deflated_dicom_declaring_12000_squared_is_refused_without_inflating_it(tmp_path: Path) -> None:
     bomb = deflated_dicom(tmp_path / "bomb.dcm", 12_000, 12_000, 12_000 * 12_000 * 2)
     assert bomb.stat().st_size < 300_000  # 288 MB of pixels once inflated
@@ -96,6 +98,7 @@ def test_a_deflated_dicom_declaring_12000_squared_is_refused_without_inflating_i
     assert read_dicom(deflated_dicom(tmp_path / "ok.dcm", 64, 64, 64 * 64 * 2)).shape == (64, 64)
 
 
+@pytest.mark.unit
 def test_a_window_width_of_zero_falls_back_to_the_stored_range(tmp_path: Path) -> None:
     """Width 0 defines no window (PS3.3 wants >= 1; pydicom raises): the image is still
     good, so it is read as if it had no window rather than refused."""
@@ -105,12 +108,14 @@ def test_a_window_width_of_zero_falls_back_to_the_stored_range(tmp_path: Path) -
     np.testing.assert_array_equal(zero, plain)
 
 
+@pytest.mark.unit
 def test_max_pixels_is_validated(tmp_path: Path, synth_dir: Path) -> None:
     cfg = write_config(tmp_path / "c.yaml", synth_dir, tmp_path / "run", **{"data.max_pixels": 100})
     with pytest.raises(ConfigError, match=r"data\.max_pixels: must be at least image_size\^2"):
         load_config(cfg)
 
 
+@pytest.mark.integration
 def test_data_check_counts_bombs_and_broken_files_as_unreadable(tmp_path: Path, synth_dir: Path) -> None:
     """Also: no traceback from pydicom's own logger for a JPEG it cannot decode."""
     data = tmp_path / "data"
@@ -160,6 +165,7 @@ def read_only(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(d)], check=False)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["attack", "federate", "demo", "data split"])
 def test_an_unwritable_output_folder_stops_before_any_compute(
     command: str, read_only: Path, tmp_path: Path, synth_dir: Path
@@ -176,6 +182,7 @@ def test_an_unwritable_output_folder_stops_before_any_compute(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("command", ["attack", "federate"])
 def test_an_output_folder_that_is_a_file(command: str, tmp_path: Path, synth_dir: Path) -> None:
     cfg = write_config(tmp_path / "cfg.yaml", synth_dir, tmp_path / "run")
@@ -185,6 +192,7 @@ def test_an_output_folder_that_is_a_file(command: str, tmp_path: Path, synth_dir
     assert out.read_text() == "keep me"
 
 
+@pytest.mark.integration
 def test_a_config_path_that_is_a_folder_or_binary(tmp_path: Path) -> None:
     refused(fedattack("data", "split", "--config", str(tmp_path)), str(tmp_path), "is a folder")
     binary = tmp_path / "cfg.yaml"
@@ -194,6 +202,7 @@ def test_a_config_path_that_is_a_folder_or_binary(tmp_path: Path) -> None:
     refused(fedattack("data", "split", "--config", str(binary)), str(binary), "not valid YAML")
 
 
+@pytest.mark.integration
 def test_a_latin1_byte_in_the_nih_csv(tmp_path: Path, synth_dir: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(synth_dir, data)
@@ -207,6 +216,7 @@ def test_a_latin1_byte_in_the_nih_csv(tmp_path: Path, synth_dir: Path) -> None:
     )
 
 
+@pytest.mark.integration
 def test_credentials_rerun_without_the_ca_key(tmp_path: Path) -> None:
     out = tmp_path / "creds"
     assert fedattack("deploy", "credentials", "--out", str(out), "--san", "fl.example").returncode == 0
@@ -220,6 +230,7 @@ def test_credentials_rerun_without_the_ca_key(tmp_path: Path) -> None:
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("san", ["", "two words", "bad/name"])
 def test_an_empty_or_malformed_san(tmp_path: Path, san: str) -> None:
     refused(fedattack("deploy", "credentials", "--out", str(tmp_path / "c"), "--san", san), f"--san {san!r}")

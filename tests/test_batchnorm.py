@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from shared.ml.batchnorm import BN_MOMENTUM, pool, recalibrate, statistics
+
+pytestmark = pytest.mark.unit
 
 
 def _net() -> nn.Module:

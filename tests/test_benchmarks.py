@@ -8,6 +8,8 @@ import pytest
 
 from benchmarks.run import attack_images, bound_passes, make_models, run_job, suite_attack
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "uap"])
 def test_job_and_bound_run_on_a_tiny_load(name: str) -> None:

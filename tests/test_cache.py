@@ -28,6 +28,7 @@ def site(tmp_path: Path, synth_dir: Path):
     return cfg, load_manifest(paths["site_C"])
 
 
+@pytest.mark.integration
 def test_cache_matches_decoding_and_is_reused(site) -> None:
     cfg, m = site
     part = load_cached(m, "train", 64, cfg.cache_dir, workers=2)
@@ -42,6 +43,7 @@ def test_cache_matches_decoding_and_is_reused(site) -> None:
     assert isinstance(again.images, np.memmap)
 
 
+@pytest.mark.unit
 def test_cache_invalidated_by_size_and_source_change(site) -> None:
     cfg, m = site
     a = load_cached(m, "val", 64, cfg.cache_dir)
@@ -55,6 +57,7 @@ def test_cache_invalidated_by_size_and_source_change(site) -> None:
     assert (c.folder / "images.npy").stat().st_mtime_ns != stamp
 
 
+@pytest.mark.unit
 def test_unreadable_images_error_or_counted_and_listed(site) -> None:
     cfg, m = site
     victim = m.data_root / m.part("train")[1].relpath
@@ -70,6 +73,7 @@ def test_unreadable_images_error_or_counted_and_listed(site) -> None:
         load_cached(m, "train", 64, cfg.cache_dir)
 
 
+@pytest.mark.integration
 def test_loader_uses_worker_processes(site) -> None:
     cfg, m = site
     part = load_cached(m, "train", 64, cfg.cache_dir)

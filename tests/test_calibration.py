@@ -28,6 +28,8 @@ from shared.ml.calibration import (
 from shared.ml.models import InputSpec, build_model
 from shared.store.checkpoint import ModelEntry
 
+pytestmark = pytest.mark.unit
+
 
 def _logits(margins: list[float] | np.ndarray) -> np.ndarray:
     m = np.asarray(margins, dtype=np.float64)

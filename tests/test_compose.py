@@ -43,12 +43,14 @@ def _docker_compose() -> str:
     return _need(shutil.which("docker-compose"), "docker-compose", how)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("files", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
 def test_compose_files_validate(files: list[str]) -> None:
     res = _config_q(_docker_compose(), files)
     assert res.returncode == 0, res.stderr
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("files", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
 def test_compose_files_validate_for_compose_v2(files: list[str]) -> None:
     """The README's `docker compose` is the v2 plugin: its schema and loader (compose-go)
@@ -72,6 +74,7 @@ def _merged(files: list[str]) -> dict:
     return yaml.safe_load(res.stdout)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("files", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
 def test_every_service_runs_a_project_command(files: list[str]) -> None:
     services = _merged(files)["services"]
@@ -83,6 +86,7 @@ def test_every_service_runs_a_project_command(files: list[str]) -> None:
         build_parser().parse_args(cmd[1:])  # exits (fails the test) on an unknown option
 
 
+@pytest.mark.integration
 def test_secure_by_default_and_insecure_only_by_override() -> None:
     default = _merged(["docker-compose.yml"])["services"]
     for name, svc in default.items():
@@ -103,6 +107,7 @@ def _volumes(svc: dict) -> set[str]:
     return {str(v).split(":")[0] if isinstance(v, str) else v["source"] for v in svc.get("volumes", [])}
 
 
+@pytest.mark.integration
 def test_locked_down_by_default() -> None:
     """Only the operator's tools reach the SuperLink's Control API (they share its network
     namespace and dial its loopback), the sites reach only the Fleet proxy and run only
@@ -132,6 +137,7 @@ def test_locked_down_by_default() -> None:
     assert port.split("/")[0] == "127.0.0.1:9093:9093", port
 
 
+@pytest.mark.integration
 def test_gpu_override_reserves_a_gpu_per_site_and_for_the_attack() -> None:
     services = _merged(["docker-compose.yml", "docker-compose.gpu.yml"])["services"]
     for name in ("site-a", "site-b", "site-c", "site-d", "attack"):
@@ -140,6 +146,7 @@ def test_gpu_override_reserves_a_gpu_per_site_and_for_the_attack() -> None:
     assert "deploy" not in _merged(["docker-compose.yml"])["services"]["site-a"]
 
 
+@pytest.mark.unit
 def test_dockerfile_builds_from_project_files_as_non_root() -> None:
     text = (REPO / "deploy" / "Dockerfile").read_text()
     for line in text.splitlines():
@@ -155,6 +162,7 @@ def test_dockerfile_builds_from_project_files_as_non_root() -> None:
     assert {".git", ".venv", "runs", "data"} <= set(ignored)
 
 
+@pytest.mark.unit
 def test_the_project_pins_what_the_image_installs() -> None:
     from deploy.docker.wheelhouse import requirements
 
@@ -162,6 +170,7 @@ def test_the_project_pins_what_the_image_installs() -> None:
     assert "torch==2.14.1" in reqs and "torchvision==0.29.1" in reqs and "setuptools>=68" in reqs
 
 
+@pytest.mark.integration  # pip resolves the wheelhouse (a subprocess)
 def test_an_incomplete_wheelhouse_is_named_before_any_build(tmp_path) -> None:
     from deploy.docker.wheelhouse import check_wheelhouse
     from shared.errors import DeploymentError
@@ -173,6 +182,7 @@ def test_an_incomplete_wheelhouse_is_named_before_any_build(tmp_path) -> None:
         check_wheelhouse(tmp_path)
 
 
+@pytest.mark.unit
 def test_the_job_packs_the_app_from_fedattack_app_dir(tmp_path, monkeypatch) -> None:
     from deploy.flower.connection import PROJECT_DIR, app_dir
     from shared.errors import DeploymentError
@@ -186,6 +196,7 @@ def test_the_job_packs_the_app_from_fedattack_app_dir(tmp_path, monkeypatch) -> 
     assert app_dir() == tmp_path
 
 
+@pytest.mark.integration
 def test_build_script_names_a_missing_engine_and_base(tmp_path) -> None:
     fake = tmp_path / "docker"
     fake.write_text('#!/bin/sh\n[ "$1" = info ] && exit 0\nexit 1\n')

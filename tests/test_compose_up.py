@@ -19,7 +19,7 @@ import pytest
 from shared.store.folder import CheckpointStore
 from tests.compose_stack import Stack, docker, engine_env, sh
 
-pytestmark = [pytest.mark.docker, pytest.mark.e2e]
+pytestmark = pytest.mark.docker
 
 IMAGE = "fedattack:latest"
 SITES = ["site-a", "site-b", "site-c", "site-d"]

@@ -7,6 +7,7 @@ import yaml
 from shared.config.experiment import ExperimentConfig, load_config
 from shared.errors import ConfigError
 
+pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
 
 

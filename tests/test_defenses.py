@@ -14,8 +14,9 @@ from torch import nn
 
 from clients.site import Instructions, train_site
 from deploy.local import node_configs
-from shared.config.experiment import AdversarialTraining, OptimizerConfig, load_config
+from shared.config.experiment import load_config
 from shared.config.run import RunSettings, run_settings_for
+from shared.config.training import AdversarialTraining, OptimizerConfig
 from shared.errors import ConfigError
 from shared.events import read_events
 from shared.ml.adversarial import Proximal, batchnorm_statistics_kept, mix, perturb
@@ -33,6 +34,7 @@ def _config(tmp: Path, **overrides) -> Path:
     return write_config(tmp / "cfg.yaml", tmp / "data", tmp / "run", **overrides)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
@@ -51,6 +53,7 @@ def test_bad_defense_settings_fail_at_load_naming_the_key(tmp_path: Path, overri
         load_config(_config(tmp_path, **overrides))
 
 
+@pytest.mark.unit
 def test_defense_settings_travel_through_the_run_config(tmp_path: Path) -> None:
     cfg = load_config(
         _config(
@@ -65,16 +68,17 @@ def test_defense_settings_travel_through_the_run_config(tmp_path: Path) -> None:
     run = run_settings_for(cfg, cfg.federation.architectures[0], tmp_path / "store", False)
     back = RunSettings.from_run_config(run.to_run_config())
     assert back == run
-    assert back.adversarial == AdversarialTraining("pgd", 0.03, 3, 0.8, 0.5, 1)
+    assert back.training.adversarial == AdversarialTraining("pgd", 0.03, 3, 0.8, 0.5, 1)
     assert back.training_record == {
         "strategy": "fedprox mu 0.01",
         "adversarial": "pgd eps 0.03 steps 3 step 0.8*eps share 0.5 from round 1",
         "calibration": "youden",
     }
     clean = run_settings_for(load_config(_config(tmp_path)), cfg.federation.architectures[0], tmp_path, False)
-    assert RunSettings.from_run_config(clean.to_run_config()).adversarial is None
+    assert RunSettings.from_run_config(clean.to_run_config()).training.adversarial is None
 
 
+@pytest.mark.unit
 def test_proximal_term_and_its_gradient_match_a_hand_computation() -> None:
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
@@ -91,6 +95,7 @@ def test_proximal_term_and_its_gradient_match_a_hand_computation() -> None:
         torch.testing.assert_close(p.grad, 0.3 * (p.detach() - a))
 
 
+@pytest.mark.unit
 def test_training_with_fedprox_takes_the_hand_computed_sgd_steps() -> None:
     """Two plain SGD steps: w <- w - lr * (grad CE + mu * (w - w_received))."""
     torch.manual_seed(1)
@@ -117,6 +122,7 @@ def small_model() -> nn.Module:
     return build_model("resnet18", 32, 1).train()
 
 
+@pytest.mark.unit
 def test_adversarial_images_stay_in_the_ball_and_raise_the_loss(small_model: nn.Module) -> None:
     torch.manual_seed(3)
     x, y = torch.rand(6, 1, 32, 32), torch.tensor([0, 1, 0, 1, 1, 0])
@@ -131,6 +137,7 @@ def test_adversarial_images_stay_in_the_ball_and_raise_the_loss(small_model: nn.
     assert all(p.requires_grad for p in small_model.parameters())
 
 
+@pytest.mark.unit
 def test_crafting_leaves_batchnorm_statistics_alone_and_mix_replaces_the_share(
     small_model: nn.Module,
 ) -> None:
@@ -143,6 +150,7 @@ def test_crafting_leaves_batchnorm_statistics_alone_and_mix_replaces_the_share(
     assert changed.tolist() == [True, True] + [False] * 6
 
 
+@pytest.mark.unit
 def test_personal_keys_are_every_batchnorm_tensor_and_nothing_else() -> None:
     model = build_model("resnet18", 32, 1)
     keys = personal_keys(model)

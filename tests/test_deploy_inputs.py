@@ -17,6 +17,8 @@ from deploy.hosts.checks import load_cert, sans_of
 from deploy.hosts.credentials import make_credentials, make_server_cert
 from tests.cli_helpers import fedattack
 
+pytestmark = pytest.mark.integration
+
 
 def refused(res: subprocess.CompletedProcess, *needles: str) -> None:
     assert res.returncode == 2, f"rc {res.returncode}\n{res.stdout}\n{res.stderr}"
@@ -50,12 +52,13 @@ def site_dir(tmp_path_factory: pytest.TempPathFactory, creds: Path) -> Path:
     return d
 
 
-def test_credentials_files_modes_and_sans(creds: Path) -> None:
+def test_credentials_files_modes_and_sans(creds: Path, tmp_path: Path) -> None:
     for name in ("ca.key", "server.key", "site-A.key", "site-B.key"):
         assert (creds / name).stat().st_mode & 0o777 == 0o600, name
     assert set(sans_of(load_cert(creds / "server.crt"))) == {"superlink.example", "127.0.0.1", "localhost"}
     before = (creds / "site-A.key").read_bytes()
-    again = make_credentials(creds, ["superlink.example", "127.0.0.1", "localhost"], ["A", "B"])
+    rerun = _copy(creds, tmp_path)  # the re-run writes: into a copy of the module's folder
+    again = make_credentials(rerun, ["superlink.example", "127.0.0.1", "localhost"], ["A", "B"])
     assert again.site_keys["A"].read_bytes() == before  # a re-run keeps registered keys
 
 

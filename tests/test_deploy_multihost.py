@@ -25,6 +25,7 @@ from attack.pull.fetch import fetch_state, read_manifest, tls_context
 from deploy.flower.commands import flwr_bin, path_with_bin, supernode_command
 from deploy.flower.connection import Connection
 from deploy.flower.processes import ProcessGroup, tail, wait_for_port
+from deploy.flower.watchdog import marked
 from deploy.hosts.credentials import make_site_key
 from deploy.hosts.site import site_node_config
 from shared.errors import CheckpointError
@@ -144,6 +145,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
             }
         finally:
             group.stop()
+        # Nothing outlives the deployment: checked here, once every test is done with it (a
+        # test that stopped it would leave the tests after it a dead deployment).
+        left = leftovers(str(tmp))
+        assert not left, f"alive after the deployment stopped: {left}"
 
 
 def _fail(deployment, res: subprocess.CompletedProcess) -> str:
@@ -433,5 +438,13 @@ def test_attack_host_pulls_the_store_over_https(deployment, tmp_path: Path) -> N
 
 
 def test_nothing_outlives_the_deployment(deployment) -> None:
-    deployment["group"].stop()
-    assert not leftovers(str(deployment["tmp"]))
+    """Every live process of the deployment carries its group's mark, so the group's stop
+    reaches it even where it left the process tree; the fixture's teardown stops the group
+    and checks that nothing is left (the deployment is shared: no test stops it)."""
+    group = deployment["group"]
+    before = set(marked(group.token))
+    alive = leftovers(str(deployment["tmp"]))
+    owned = before | set(marked(group.token))
+    assert {m.proc.pid for m in group.procs if m.proc.poll() is None} <= owned
+    strays = [line for line in alive if int(line.split(":", 1)[0]) not in owned]
+    assert not strays, f"processes of the deployment that its group does not mark: {strays}"

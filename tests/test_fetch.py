@@ -13,6 +13,8 @@ from shared.errors import CheckpointError
 from shared.ml.models import build_model
 from shared.store.folder import CheckpointStore
 
+pytestmark = pytest.mark.unit
+
 
 def test_fsspec_url_store(tmp_path: Path) -> None:
     local = CheckpointStore(tmp_path / "store")

@@ -108,6 +108,7 @@ def endless(request: pytest.FixtureRequest) -> Iterator[tuple[str, bool]]:
     next(gen, None)
 
 
+@pytest.mark.integration
 def test_endless_response_is_cut_at_the_size_limit(endless, tmp_path: Path) -> None:
     url, model_file = endless
     tracemalloc.start()
@@ -136,6 +137,7 @@ def slow() -> Iterator[str]:
     next(gen, None)
 
 
+@pytest.mark.integration
 def test_slow_server_is_cut_off_at_the_deadline(slow: str, tmp_path: Path) -> None:
     t0 = time.monotonic()
     with pytest.raises(CheckpointError, match=r"cut off at the deadline \(3s\) after [1-4] bytes"):
@@ -156,6 +158,7 @@ def test_slow_server_is_cut_off_at_the_deadline(slow: str, tmp_path: Path) -> No
     assert time.monotonic() - t0 < 3.5
 
 
+@pytest.mark.integration
 def test_a_silent_server_is_cut_off_at_the_deadline() -> None:
     """It accepts the connection and never answers: the deadline holds although one read
     may wait 60 s."""
@@ -193,6 +196,7 @@ class SlowMemoryFS(MemoryFileSystem):
         return inner
 
 
+@pytest.mark.unit
 def test_fsspec_store_has_the_same_bounds(tmp_path: Path) -> None:
     fs = fsspec.filesystem("memory")
     fs.pipe("/bounds/manifest.json", manifest_json(size=1000))
@@ -213,6 +217,7 @@ def test_fsspec_store_has_the_same_bounds(tmp_path: Path) -> None:
     assert list((tmp_path / "cache").glob("*")) == []
 
 
+@pytest.mark.unit
 def test_manifest_file_pointing_at_a_folder(tmp_path: Path) -> None:
     store = tmp_path / "store"
     (store / "m.safetensors").mkdir(parents=True)
@@ -249,6 +254,7 @@ except CheckpointError as e:
 """
 
 
+@pytest.mark.integration
 def test_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
     """A file-size limit (RLIMIT_FSIZE) makes the write fail like a full disk does."""
     res = subprocess.run(
@@ -264,6 +270,7 @@ def test_a_full_disk_leaves_no_partial_file(tmp_path: Path) -> None:
     assert list((tmp_path / "cache").glob("*")) == []
 
 
+@pytest.mark.integration
 def test_plain_http_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
     gen = serve(slow_body)
     url = next(gen)

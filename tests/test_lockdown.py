@@ -29,6 +29,7 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
+@pytest.mark.unit
 def test_signed_app_verifies_and_names_the_trusted_key(signed: Path) -> None:
     app = load_signed_app(signed / "app")
     assert app.fab[:2] == b"PK"  # a zip, as `flwr run` ships it
@@ -37,6 +38,7 @@ def test_signed_app_verifies_and_names_the_trusted_key(signed: Path) -> None:
     assert (signed / "app-signing.key").stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.unit
 def test_tampered_fab_or_signature_is_refused(signed: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -58,6 +60,7 @@ def test_tampered_fab_or_signature_is_refused(signed: Path, tmp_path: Path) -> N
         load_signed_app(tmp_path / "nowhere")
 
 
+@pytest.mark.unit
 def test_trusted_entities_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(CredentialsError, match=r"missing\.yaml"):
         check_trusted_entities(tmp_path / "missing.yaml")
@@ -67,6 +70,7 @@ def test_trusted_entities_errors_name_the_file(tmp_path: Path) -> None:
         check_trusted_entities(bad)
 
 
+@pytest.mark.integration
 def test_hub_serves_only_the_signed_app(signed: Path) -> None:
     app = load_signed_app(signed / "app")
     server, url = start_hub(app)
@@ -92,6 +96,7 @@ def test_hub_serves_only_the_signed_app(signed: Path) -> None:
         server.shutdown()
 
 
+@pytest.mark.unit
 def test_fleet_gate_allows_only_exact_fleet_posts() -> None:
     for path in FLEET_PATHS:
         assert allowed("POST", path.encode(), b"")
@@ -109,6 +114,7 @@ def test_fleet_gate_allows_only_exact_fleet_posts() -> None:
         assert not allowed("POST", path.encode(), b""), path
 
 
+@pytest.mark.integration
 def test_fleet_proxy_refuses_control_calls_before_any_upstream() -> None:
     # The upstream is a closed port: a request that got past the gate would fail with 502.
     with TestClient(build_app("https://127.0.0.1:9", False)) as client:
@@ -118,6 +124,7 @@ def test_fleet_proxy_refuses_control_calls_before_any_upstream() -> None:
         assert client.post("/v1/fleet/pull-messages", content=b"{}").status_code == 502
 
 
+@pytest.mark.unit
 def test_credentials_give_each_party_only_its_part(tmp_path: Path) -> None:
     out, sites, server, operator = (tmp_path / n for n in ("creds", "sites", "server", "operator"))
     make_credentials(

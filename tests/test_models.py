@@ -11,6 +11,8 @@ from safetensors.torch import save_file
 from shared.errors import CheckpointError, ConfigError
 from shared.ml.models import InputSpec, build_model, model_from_state
 
+pytestmark = pytest.mark.unit
+
 ARCHS = ("resnet50", "densenet121", "inception_v3")
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from shared.config.experiment import load_config
@@ -29,6 +30,7 @@ from tests.conftest import planted_pairs as planted
 from tests.conftest import write_config
 
 
+@pytest.mark.unit
 def test_detector_recall_and_precision_on_planted_twins(planted_dir: Path, tmp_path: Path) -> None:
     truth = planted(planted_dir)
     assert len(truth) == 50
@@ -61,6 +63,7 @@ def test_detector_recall_and_precision_on_planted_twins(planted_dir: Path, tmp_p
     print(measured)
 
 
+@pytest.mark.unit
 def test_sixteen_bit_and_rgba_copies_hash_exactly_equal(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for d in ("a/images", "b/images"):
@@ -83,6 +86,7 @@ def test_sixteen_bit_and_rgba_copies_hash_exactly_equal(tmp_path: Path) -> None:
     assert {(t.a_id, t.b_id, t.method) for t in twins} == {(f"a{i}", f"b{i}", "exact") for i in range(6)}
 
 
+@pytest.mark.unit
 def test_planted_sixteen_bit_nih_images_are_read_and_matched(planted_dir: Path, tmp_path: Path) -> None:
     nih = read_nih(planted_dir / "nih")
     sixteen = {s.image_id for s in nih.samples if Image.open(nih.root / s.relpath).mode == "I;16"}
@@ -94,6 +98,7 @@ def test_planted_sixteen_bit_nih_images_are_read_and_matched(planted_dir: Path, 
     assert {p for p in truth if p[0] in sixteen} <= found
 
 
+@pytest.mark.unit
 def test_planted_rsna_labels_and_boxes_follow_the_nih_image(planted_dir: Path) -> None:
     nih = {s.image_id: s.label for s in read_nih(planted_dir / "nih").samples}
     rsna = {s.image_id: s.label for s in read_rsna(planted_dir / "rsna").samples}  # checks both CSVs agree
@@ -105,6 +110,7 @@ def test_planted_rsna_labels_and_boxes_follow_the_nih_image(planted_dir: Path) -
             assert any(r["patientId"] == pid and float(r["width"]) > 0 for r in boxes)
 
 
+@pytest.mark.unit
 def test_hashes_are_cached_by_size_and_mtime(tmp_path: Path, synth_dir: Path, caplog) -> None:
     data = tmp_path / "nih"
     shutil.copytree(synth_dir / "nih", data)
@@ -153,6 +159,7 @@ def _side(manifest: str) -> str:
     return manifest.split("_")[0] if manifest else "unused"
 
 
+@pytest.mark.unit
 def test_split_never_tests_on_a_twin_of_training_data(planted_dir: Path, tmp_path: Path) -> None:
     over = {"data.split.public_fraction": 0.15}
     cfg = load_config(write_config(tmp_path / "c.yaml", planted_dir, tmp_path / "on", **over))
@@ -203,6 +210,7 @@ def test_split_never_tests_on_a_twin_of_training_data(planted_dir: Path, tmp_pat
     assert written() == before  # deterministic
 
 
+@pytest.mark.unit
 def test_policy_drops_held_out_twins_of_training_data(planted_dir: Path, tmp_path: Path) -> None:
     """The check after the split, on a split that did not pin the linked patients."""
     cfg = load_config(
@@ -242,6 +250,7 @@ def test_policy_drops_held_out_twins_of_training_data(planted_dir: Path, tmp_pat
         assert not ({"test"} <= sides and {"public"} <= sides), (name, pid, sides)
 
 
+@pytest.mark.integration
 def test_data_check_prints_the_overlap_summary(planted_dir: Path, tmp_path: Path) -> None:
     cfg = write_config(
         tmp_path / "c.yaml", planted_dir, tmp_path / "run", **{"data.split.public_fraction": 0.15}

@@ -8,6 +8,8 @@ from shared.errors import FederationError
 from shared.ml.models import build_model
 from shared.ml.wire import from_record, pack, to_record, unpack
 
+pytestmark = pytest.mark.unit
+
 
 def test_roundtrip_is_exact_whatever_the_dict_order() -> None:
     torch.manual_seed(0)

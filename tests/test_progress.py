@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from deploy.flower.progress import reason_from_log
+
+pytestmark = pytest.mark.unit
 
 
 def test_reason_from_a_run_log_is_its_last_error() -> None:

@@ -4,10 +4,14 @@ the child's exit code and hands it SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from deploy.flower.readable import clean
 
@@ -33,6 +37,7 @@ exec_readable([sys.executable, "-c", sys.argv[1], sys.argv[2]], {"PATH": "/usr/b
 """
 
 
+@pytest.mark.unit
 def test_clean_drops_escapes_and_empty_level_lines() -> None:
     assert clean("\x1b[92mINFO \x1b[0m:      \n") is None
     assert clean("   \n") is None
@@ -49,6 +54,7 @@ def _wrapper(mode: str) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.integration
 def test_flower_lines_come_through_clean_with_the_exit_code() -> None:
     proc = _wrapper("exit")
     out, err = proc.communicate(timeout=60)
@@ -61,6 +67,7 @@ def test_flower_lines_come_through_clean_with_the_exit_code() -> None:
     ], out
 
 
+@pytest.mark.integration
 def test_sigterm_reaches_the_child() -> None:
     proc = _wrapper("wait")
     assert proc.stdout is not None
@@ -78,6 +85,7 @@ def test_sigterm_reaches_the_child() -> None:
     assert proc.returncode == 7
 
 
+@pytest.mark.integration
 def test_we_end_with_the_child_even_if_a_grandchild_holds_the_pipe() -> None:
     """Flower's SuperExec inherits the SuperNode's stdout and can outlive it: the wrapper
     must not wait for the pipe to close."""
@@ -88,11 +96,19 @@ def test_we_end_with_the_child_even_if_a_grandchild_holds_the_pipe() -> None:
         "sys.exit(5)\n"
     )
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, child, "exit"], stdout=subprocess.PIPE, text=True)
+    # a process group of its own, which the sleeping grandchild stays in: killed with it below
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, child, "exit"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         rc = proc.wait(timeout=30)
     finally:
-        proc.kill()
+        # exactly the processes this test started (a live member keeps the group's id from reuse)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert rc == 5
     assert time.monotonic() - started < 20
-    subprocess.run(["pkill", "-f", "import time; time.sleep(60)"], check=False)

@@ -17,7 +17,10 @@ from shared.data.images import read_dicom, read_image
 from shared.errors import DatasetError, ImageReadError
 from shared.prep.nih import read_nih
 from shared.prep.rsna import read_rsna
-from shared.prep.synth.twin import dicom_bytes, write_nih
+from shared.prep.synth.dicom import dicom_bytes
+from shared.prep.synth.twin import write_nih
+
+pytestmark = pytest.mark.unit
 
 
 def _copy(src: Path, dst: Path) -> Path:

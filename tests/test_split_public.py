@@ -20,6 +20,8 @@ from shared.prep.splits import make_splits
 from tests.conftest import planted_pairs as planted
 from tests.conftest import write_config
 
+pytestmark = pytest.mark.unit
+
 
 def _patients_by_manifest(splits: Path) -> dict[str, set[str]]:
     out = {}

@@ -13,6 +13,8 @@ from shared.errors import DatasetError, SplitError
 from shared.prep.splits import make_splits
 from tests.conftest import write_config
 
+pytestmark = pytest.mark.unit
+
 
 def _patients(manifest_path: Path, part: str) -> set[str]:
     return {s.patient_id for s in load_manifest(manifest_path).part(part)}

@@ -10,6 +10,8 @@ import pytest
 from attack.stats import auc_delong, bootstrap_mean, holm, newcombe, sign_flip_test, wilson
 from shared.ml.training import roc_auc
 
+pytestmark = pytest.mark.unit
+
 scipy_stats = pytest.importorskip("scipy.stats")
 
 

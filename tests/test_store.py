@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from shared.errors import CheckpointError
-from shared.ml.models import build_model
-from shared.store.checkpoint import InputSpec, ModelEntry, encode_state
+from shared.ml.models import InputSpec, build_model
+from shared.store.checkpoint import ModelEntry, encode_state
 from shared.store.folder import CheckpointStore
+
+pytestmark = pytest.mark.unit
 
 
 def _save(store: CheckpointStore, name: str, kind: str, site: str | None, state) -> ModelEntry:

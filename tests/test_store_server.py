@@ -25,6 +25,8 @@ from shared.errors import CheckpointError
 from tests.conftest import REPO, write_config
 from tests.test_attack_trust import SIZE, write_store
 
+pytestmark = pytest.mark.integration
+
 BIN = Path(sys.executable).parent
 
 

@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from attack.reports.compare import defense_effects, defense_effects_md
+from attack.reports.figures import Estimate, PairedFigure
+from attack.reports.summary import ArchSummary, Counts, LocalAucs, VariantSummary
 from attack.reports.variants import _paired, _pct
 from attack.stats import newcombe
 from tests.cli_helpers import fedattack, refused
@@ -27,6 +29,7 @@ def _study_config(tmp: Path, data: Path, variants: list[dict], **study) -> Path:
     return path
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("variants", "needles"),
     [
@@ -46,47 +49,49 @@ def test_bad_variants_are_refused_before_any_training(tmp_path: Path, variants, 
     assert not (tmp_path / "run" / "variants").exists()
 
 
+@pytest.mark.unit
 def test_report_words_survive_figures_without_an_interval() -> None:
     """One source pair, or an outsider with a single usable surrogate: no interval, no p."""
-    one = {
-        "n_pairs": 1,
-        "mean_difference": {"value": -0.05, "low": None, "high": None},
-        "p_value": None,
-        "exact": True,
-        "significant_at_0.05": False,
-    }
+    one = PairedFigure(1, Estimate(-0.05, None, None), None, exact=True, significant=False)
     assert (
         _paired(one)
         == "global minus local targets -5.0 points (no interval) over 1 sources, p = n/a (not significant)"
     )
-    assert _pct({"value": 0.5, "low": None, "high": None}) == "50.0% (no interval)"
+    assert _pct(Estimate(0.5, None, None)) == "50.0% (no interval)"
 
 
-def _arch(k: int, n: int, auc: float) -> dict:
-    return {"robust_counts_global": {"k": k, "n": n}, "clean_auc_global": {"value": auc}}
+def _arch(k: int, n: int, auc: float) -> ArchSummary:
+    none, aucs = Estimate(None, None, None), LocalAucs(None, None, None, 0)
+    return ArchSummary(Estimate(auc, None, None), aucs, none, Counts(k, n), none, {})
 
 
+def _variant(**archs: ArchSummary) -> VariantSummary:
+    return VariantSummary(archs, {}, {}, eps=0.02)
+
+
+@pytest.mark.unit
 def test_defense_effects_give_the_difference_its_interval_and_a_verdict() -> None:
     variants = {
-        "baseline": {"architectures": {"a": _arch(1, 20, 0.90), "b": _arch(5, 20, 0.85)}},
-        "adversarial": {"architectures": {"a": _arch(15, 20, 0.80), "b": _arch(7, 21, 0.80)}},
-        "fedbn": {"architectures": {"a": _arch(0, 18, 0.88)}},
+        "baseline": _variant(a=_arch(1, 20, 0.90), b=_arch(5, 20, 0.85)),
+        "adversarial": _variant(a=_arch(15, 20, 0.80), b=_arch(7, 21, 0.80)),
+        "fedbn": _variant(a=_arch(0, 18, 0.88)),
     }
-    rows = {(r["variant"], r["arch"]): r for r in defense_effects(variants)}
+    rows = {(r.variant, r.arch): r for r in defense_effects(variants)}
     assert set(rows) == {("adversarial", "a"), ("adversarial", "b"), ("fedbn", "a")}
     raised = rows[("adversarial", "a")]
     d = newcombe(15, 20, 1, 20)
-    assert raised["difference"]["value"] == pytest.approx(0.7)
-    assert raised["difference"]["low"] == pytest.approx(d.low, abs=1e-6) and d.low > 0
-    assert raised["verdict"].startswith("**raised**")
-    assert raised["clean_auc_change"] == pytest.approx(-0.10)
-    assert rows[("adversarial", "b")]["verdict"].startswith("not significant")
-    assert rows[("fedbn", "a")]["verdict"].startswith("not significant")  # 0/18 vs 1/20
+    assert raised.difference.value == pytest.approx(0.7)
+    assert raised.difference.low == pytest.approx(d.low, abs=1e-6) and d.low > 0
+    assert raised.verdict.startswith("**raised**")
+    assert raised.clean_auc_change == pytest.approx(-0.10)
+    assert rows[("adversarial", "b")].verdict.startswith("not significant")
+    assert rows[("fedbn", "a")].verdict.startswith("not significant")  # 0/18 vs 1/20
     md = "\n".join(defense_effects_md(variants, "pgd"))
     assert "| adversarial | a | 15/20 | 1/20 | +70.0 points [" in md and "| -0.100 |" in md
     assert defense_effects({"baseline": variants["baseline"]}) == []
 
 
+@pytest.mark.integration
 def test_a_config_without_study_section_is_refused(tmp_path: Path) -> None:
     cfg = tiny_federation_config(tmp_path, tmp_path / "no-data", ["resnet18"], rounds=1)
     refused(fedattack("study", "--config", str(cfg)), "no 'study' section")

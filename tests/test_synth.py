@@ -6,9 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from shared.config.experiment import OptimizerConfig, load_config
+from shared.config.experiment import load_config
+from shared.config.training import OptimizerConfig
 from shared.data.cache import load_cached
 from shared.data.manifest import load_manifest
 from shared.data.torchdata import make_loader
@@ -19,6 +21,7 @@ from shared.prep.synth.twin import synthesize
 from tests.conftest import write_config
 
 
+@pytest.mark.unit
 def test_small_model_learns_the_synthetic_signal(tmp_path: Path) -> None:
     synthesize(tmp_path / "data", patients=400, size=128, seed=1)
     cfg = load_config(
@@ -37,6 +40,7 @@ def test_small_model_learns_the_synthetic_signal(tmp_path: Path) -> None:
     assert result.auc > 0.8, result
 
 
+@pytest.mark.integration
 def test_cli_synth_then_check_shows_four_sites_and_two_test_sets(tmp_path: Path) -> None:
     data = tmp_path / "data"
     run = [sys.executable, "-m", "cli.main"]
@@ -59,6 +63,7 @@ def test_cli_synth_then_check_shows_four_sites_and_two_test_sets(tmp_path: Path)
         assert patients > 0 and images >= patients and 0 < positives < images and unreadable == 0
 
 
+@pytest.mark.integration
 def test_cli_check_reports_unreadable_and_fails(tmp_path: Path, synth_dir: Path) -> None:
     import shutil
 
@@ -86,6 +91,7 @@ def test_cli_check_reports_unreadable_and_fails(tmp_path: Path, synth_dir: Path)
     assert m.parts
 
 
+@pytest.mark.integration
 def test_cli_bad_config_key_exits_nonzero_naming_key(tmp_path: Path, synth_dir: Path) -> None:
     cfg = write_config(tmp_path / "c.yaml", synth_dir, tmp_path / "run", **{"training.epochz": 3})
     res = subprocess.run(

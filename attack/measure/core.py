@@ -15,7 +15,6 @@ float32 unless bfloat16 is chosen explicitly (then recorded).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from torch import nn
 from attack.methods.surrogate import Surrogate
 from shared.config.experiment import ExperimentConfig
 from shared.ml.training import prepare
+from shared.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +141,9 @@ def predict_pneumonia(model: nn.Module, images: torch.Tensor, s: Settings) -> to
     return out
 
 
-def seed_of(*parts: object) -> int:
-    """A stable 63-bit seed from any labels (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little") >> 1
-
-
 def random_sign(x: torch.Tensor, eps: float, image_id: str, seed: int) -> torch.Tensor:
     """The control: x + eps * (a random sign per pixel), clipped; seeded by the image."""
-    g = torch.Generator().manual_seed(seed_of(seed, "control", image_id))
+    g = torch.Generator().manual_seed(derive_seed(seed, "attack", "control", image_id))
     signs = torch.randint(0, 2, x.shape, generator=g).to(x.dtype).mul_(2).sub_(1)
     return torch.clamp(x + eps * signs, 0.0, 1.0)
 
@@ -160,7 +155,7 @@ def fit_mask(ids: tuple[str, ...], fraction: float, seed: int) -> torch.Tensor:
     for dataset in sorted({i.split("/")[0] for i in ids}):
         idx = [k for k, i in enumerate(ids) if i.startswith(dataset + "/")]
         order = torch.randperm(
-            len(idx), generator=torch.Generator().manual_seed(seed_of(seed, "fit", dataset))
+            len(idx), generator=torch.Generator().manual_seed(derive_seed(seed, "attack", "fit", dataset))
         )
         mask[[idx[k] for k in order[: round(len(idx) * fraction)].tolist()]] = True
     return mask

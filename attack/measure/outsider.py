@@ -1,10 +1,10 @@
 """The outsider's surrogates: one model per architecture trained from scratch on the public
 split (patient-disjoint from every site and from the test sets), with no federation
-weights. Each is treated as the sites treat theirs: after training, its BatchNorm statistics
-are re-estimated for its final weights on its training images, and (with
-`training.calibration: youden`) its decision threshold is cut on the public validation
-images and folded into its head, so "correctly classified" means the same for a surrogate
-as for a federation model. Without that, a surrogate trained from random init kept
+weights. Each is finished by the recipe that finishes the sites' models (shared.ml.finish):
+after training, its BatchNorm statistics are re-estimated for its final weights on its
+training images, and (with `training.calibration: youden`) its decision threshold is cut on
+the public validation images and folded into its head, so "correctly classified" means the
+same for a surrogate as for a federation model. Without that, a surrogate trained from random init kept
 running statistics that lag its weights: on the seed-9 demo's public split ResNet50 and
 InceptionV3 reached public validation AUC 0.500 and 0.542, and ResNet50 called every
 pneumonia image negative (its rows were empty). Trained once and kept under the output
@@ -23,25 +23,18 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 
-from shared.config.experiment import ExperimentConfig, OptimizerConfig
+from shared.config.experiment import ExperimentConfig
+from shared.config.training import OptimizerConfig
 from shared.data.cache import load_cached
 from shared.data.fingerprint import manifest_digest
 from shared.data.manifest import load_manifest, public_manifest_path
 from shared.data.torchdata import CachedDataset
 from shared.errors import AttackError, CheckpointError
 from shared.io import atomic_write
-from shared.ml.batchnorm import recalibrate
-from shared.ml.calibration import fold_threshold
+from shared.ml.finish import finish
 from shared.ml.models import Classifier, build_model, model_from_state
-from shared.ml.training import (
-    balanced_weights,
-    make_optimizer,
-    metrics_from_logits,
-    pick_device,
-    predict,
-    prepare,
-    train_epochs,
-)
+from shared.ml.training import balanced_weights, make_optimizer, pick_device, prepare, train_epochs
+from shared.seeds import derive_seed
 from shared.store.checkpoint import decode_state, encode_state, sha256_bytes
 
 log = logging.getLogger(__name__)
@@ -139,9 +132,9 @@ def _train(
     cfg: ExperimentConfig, arch: str, train: ConcatDataset, val: ConcatDataset, device: torch.device
 ) -> tuple[nn.Module, float]:
     o = cfg.attack.outsider
-    torch.manual_seed(cfg.seed + 991)
+    torch.manual_seed(derive_seed(cfg.seed, "outsider-torch"))
     model = prepare(_fresh(cfg, arch), device, training=True)
-    g = torch.Generator().manual_seed(cfg.seed + 17)
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, "outsider-shuffle"))
     loader = DataLoader(
         train, batch_size=o.batch_size, shuffle=True, drop_last=len(train) > o.batch_size, generator=g
     )
@@ -162,14 +155,16 @@ def _train(
         labels = np.concatenate([d.part.labels for d in train.datasets if isinstance(d, CachedDataset)])
         weights = balanced_weights(labels)
     loss = train_epochs(model, loader, opt, o.epochs, device, weights)
-    # the statistics of the final weights, over the training images in a fixed order
-    recalibrate(model, DataLoader(train, batch_size=o.batch_size), device)
-    logits, labels = predict(model, DataLoader(val, batch_size=2 * o.batch_size), device)
-    cut = ""
-    if cfg.training.calibration == "youden" and len(np.unique(labels)) == 2:
-        found, logits = fold_threshold(model, logits, labels)
-        cut = f", threshold {found.threshold:+.2f}"
-    result = metrics_from_logits(logits, labels)
+    done = finish(
+        model,
+        DataLoader(val, batch_size=2 * o.batch_size),
+        device,
+        calibrate=cfg.training.calibration == "youden",
+        # the statistics of the final weights, over the training images in a fixed order
+        batchnorm=DataLoader(train, batch_size=o.batch_size),
+    )
+    cut = "" if done.cut is None else f", threshold {done.cut.threshold:+.2f}"
+    result = done.metrics
     print(
         f"[outsider] {arch}: train loss {loss:.3f}, public val AUC {result.auc:.3f}, sensitivity "
         f"{result.sensitivity:.2f}, specificity {result.specificity:.2f} (n={result.n}{cut})",

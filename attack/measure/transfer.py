@@ -23,11 +23,11 @@ from attack.measure.core import (
     is_member,
     on_device,
     predict_pneumonia,
-    seed_of,
     stream,
 )
 from attack.measure.crafting import clean_and_craft, craft, digest
 from attack.methods.registry import Attack
+from shared.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _craft_source(
     """(indices of the attacked images, their code) for one source; code None when the
     source got no image right (an empty row)."""
     data = probe.data
-    gen = torch.Generator().manual_seed(seed_of(s.seed, attack.name, attack.eps, src.name))
+    gen = torch.Generator().manual_seed(derive_seed(s.seed, "attack", attack.name, attack.eps, src.name))
     member = is_member(src, probe)
     fusable = attack.uses_clean_gradient and not attack.universal and s.device.type == "cpu"
     if member and fusable and src.name not in probe.correct:

@@ -1,10 +1,9 @@
 """The iterative family: I-FGSM (BIM), PGD (random start), MI-FGSM (momentum), DI-FGSM
 (input diversity) and their combination MI-DI, as one attack with switches.
 
-Each step: g = grad of the surrogate's loss at the (diversified) current images; for the
-momentum/diversity variants g is normalized by its mean absolute value per image and
-accumulated with the momentum; then x <- clip_{x0, eps}(x + step * sign(g)), clipped to
-[0, 1]. The operations and the order of random draws are torchattacks' (PGD, MIFGSM,
+The steps are the one iterative kernel's (shared.ml.iterative, which the sites'
+adversarial training runs too) on the surrogate's loss at the (diversified) current
+images. The operations and the order of random draws are torchattacks' (PGD, MIFGSM,
 DIFGSM), so the images are bit-identical for the same generator state; BIM uses PGD's
 projection, which differs from torchattacks' BIM only by rounding (the test says how much).
 """
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from attack.methods.surrogate import Surrogate
+from shared.ml.iterative import iterate
 
 
 @dataclass(frozen=True)
@@ -47,27 +47,24 @@ class Iterative:
         grad: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        images = x.detach()
-        adv = images.clone()
-        if self.random_start:
-            noise = torch.empty_like(adv).uniform_(-self.eps, self.eps, generator=generator)
-            adv = torch.clamp(adv + noise, min=0, max=1).detach()
-        momentum = torch.zeros_like(images)
-        for step in range(self.steps):
-            if step == 0 and grad is not None and self.uses_clean_gradient:
-                g = grad
-            else:
-                adv.requires_grad_(True)
-                inputs = self.diversify(adv, generator) if self.diversity_prob > 0 else adv
-                (g,) = torch.autograd.grad(surrogate.loss(inputs, y), adv)
-            if self.normalize:
-                g = g / torch.mean(torch.abs(g), dim=(1, 2, 3), keepdim=True)
-                g = g + momentum * self.decay
-                momentum = g
-            adv = adv.detach() + self.step_size * g.sign()
-            delta = torch.clamp(adv - images, min=-self.eps, max=self.eps)
-            adv = torch.clamp(images + delta, min=0, max=1).detach()
-        return adv
+        start = None
+        if self.random_start:  # torchattacks' draw
+            start = torch.empty_like(x).uniform_(-self.eps, self.eps, generator=generator)
+
+        def loss(adv: torch.Tensor) -> torch.Tensor:
+            return surrogate.loss(self.diversify(adv, generator) if self.diversity_prob > 0 else adv, y)
+
+        return iterate(
+            loss,
+            x,
+            self.eps,
+            self.step_size,
+            self.steps,
+            start=start,
+            normalize=self.normalize,
+            decay=self.decay,
+            first_gradient=grad if self.uses_clean_gradient else None,
+        )
 
     def apply(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         return code

@@ -14,7 +14,7 @@ import torch
 from attack.methods.iterative import Iterative
 from attack.methods.surrogate import Surrogate
 from attack.methods.universal import Universal
-from shared.config.experiment import AttackConfig
+from shared.config.attack import AttackConfig
 from shared.errors import AttackError
 
 

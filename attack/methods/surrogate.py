@@ -78,11 +78,3 @@ class Surrogate(nn.Module):
         x = x.detach().clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(self.loss(x, y), x)
         return grad
-
-
-def frozen(model: nn.Module) -> nn.Module:
-    """`model` in eval mode with gradients switched off for its parameters."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model

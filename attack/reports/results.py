@@ -4,10 +4,10 @@ fixed store, data and seed (no timestamps)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from attack.measure.clean import CleanPerformance
 from attack.measure.core import Measurement
+from attack.reports.figures import CleanFigures, GlobalVsLocal
+from attack.reports.records import ModelResult, RunMeta, SuiteMeta, SuiteRow
 from attack.reports.tables import (
     Info,
     by_target_group,
@@ -21,7 +21,7 @@ from attack.reports.tables import (
 from attack.stats import MIN_CELL
 
 
-def cells_json(m: Measurement) -> list[dict[str, Any]]:
+def cells_json(m: Measurement) -> list[dict[str, object]]:
     out = []
     for c in m.cells:
         r, ctrl = rate(c), control_rate(c)
@@ -43,8 +43,9 @@ def cells_json(m: Measurement) -> list[dict[str, Any]]:
     return out
 
 
-def measurement_json(m: Measurement, info: dict[str, Info], seed: int) -> dict[str, Any]:
-    """The parts every (attack, threat) result shares."""
+def measurement_json(m: Measurement, info: dict[str, Info], seed: int) -> dict[str, object]:
+    """The parts every (attack, threat) result shares (read back by
+    attack.reports.readback.read_measurement)."""
     groups, test = global_vs_local(m, info, seed)
     return {
         "attack": m.attack,
@@ -63,10 +64,7 @@ def measurement_json(m: Measurement, info: dict[str, Info], seed: int) -> dict[s
         },
         "cells": cells_json(m),
         "by_target_group": {k: g.to_json() for k, g in by_target_group(m, info, seed).items()},
-        "global_vs_local": {
-            "as_target": {k: g.to_json() for k, g in groups.items()},
-            "paired_test": test.to_json(),
-        },
+        "global_vs_local": GlobalVsLocal.of(groups, test).to_json(),
         "flagged_cells": [
             {"source": c.source, "target": c.target, "n_correct_before": c.n_correct_before}
             for c in flagged(m)
@@ -79,24 +77,26 @@ def study_json(
     info: dict[str, Info],
     clean: dict[str, CleanPerformance],
     hashes: dict[str, str],
-    meta: dict[str, Any],
+    meta: RunMeta,
     seed: int,
-) -> dict[str, Any]:
-    """The study's results.json (FGSM, member threat)."""
+) -> dict[str, object]:
+    """The study's results.json (FGSM, member threat). `attack` and `eps` keep meta's
+    place and take the measurement's value (the same)."""
+    models = [
+        ModelResult(
+            n,
+            info[n].arch,
+            info[n].kind,
+            info[n].site,
+            hashes[n],
+            CleanFigures.of(clean[n]),
+            m.clean_correct[n],
+        )
+        for n in m.targets
+    ]
     return {
-        **meta,
-        "models": [
-            {
-                "name": n,
-                "arch": info[n].arch,
-                "kind": info[n].kind,
-                "site": info[n].site,
-                "sha256": hashes[n],
-                "clean_test": clean[n].to_json(),
-                "clean_correct_on_attack_set": m.clean_correct[n],
-            }
-            for n in m.targets
-        ],
+        **meta.to_json(),
+        "models": [x.to_json() for x in models],
         **measurement_json(m, info, seed),
         "study_table": {
             a: {k: g.to_json() for k, g in row.items()} for a, row in study_table(m, info, seed).items()
@@ -104,4 +104,16 @@ def study_json(
         "cell_view": {
             a: {k: g.to_json() for k, g in row.items()} for a, row in cell_view(m, info, seed).items()
         },
+    }
+
+
+def suite_json(meta: SuiteMeta, row: SuiteRow, info: dict[str, Info], seed: int) -> dict[str, object]:
+    """One (attack, threat, eps) folder's results.json. `eps` keeps its place after the
+    shared head and takes the measurement's value (the same)."""
+    return {
+        **meta.to_json(),
+        "eps": row.eps,
+        "threat": row.threat,
+        **measurement_json(row.m, info, seed),
+        "over_control": row.over_control.to_json(),
     }

@@ -8,11 +8,11 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 from attack.measure.clean import CleanPerformance
 from attack.measure.core import Measurement
 from attack.reports.heatmap import heatmap_png
+from attack.reports.records import RunMeta
 from attack.reports.tables import Info, cell_view, flagged, global_vs_local, study_table
 from attack.stats import MIN_CELL, PairedTest
 from shared.io import atomic_write
@@ -63,15 +63,15 @@ def test_sentence(test: PairedTest, what: str) -> str:
 
 
 def report_md(
-    m: Measurement, info: dict[str, Info], clean: dict[str, CleanPerformance], meta: dict[str, Any], seed: int
+    m: Measurement, info: dict[str, Info], clean: dict[str, CleanPerformance], meta: RunMeta, seed: int
 ) -> str:
     n = len(m.targets)
     lines = [
         f"# {m.attack.upper()} transferability across {n} models (the study's protocol)",
         "",
         f"Attack: {m.attack} with eps = {m.eps} in [0, 1] pixel space, crafted on each source model's "
-        f"correctly classified pneumonia images of the held-out test sets ({meta['n_images']} pneumonia "
-        f"images: {meta['n_images_by_set']}). Transferability(source -> target) = images the target "
+        f"correctly classified pneumonia images of the held-out test sets ({meta.n_images} pneumonia "
+        f"images: {meta.n_images_by_set}). Transferability(source -> target) = images the target "
         "misclassifies after the attack / images of that set it classified correctly before. Every rate "
         "carries its 95% interval (Wilson for one cell; bootstrap with a fixed seed for a mean) and, "
         "beside it, the same rate for random-sign noise at the same eps on the same images (the "
@@ -89,7 +89,7 @@ def report_md(
         c = clean[t]
         lines.append(
             f"| {md_safe(t)} | {c.auc.plain()} (n={c.n_positive}+{c.n_negative}) | {c.sensitivity.percent()} "
-            f"| {c.specificity.percent()} | {m.clean_correct[t]} / {meta['n_images']} |"
+            f"| {c.specificity.percent()} | {m.clean_correct[t]} / {meta.n_images} |"
         )
     table = study_table(m, info, seed)
     lines += [
@@ -143,7 +143,7 @@ def report_md(
     return "\n".join(lines) + "\n"
 
 
-def _lists(m: Measurement, meta: dict[str, Any]) -> list[str]:
+def _lists(m: Measurement, meta: RunMeta) -> list[str]:
     lines: list[str] = []
     small = flagged(m)
     if small:
@@ -171,17 +171,17 @@ def _lists(m: Measurement, meta: dict[str, Any]) -> list[str]:
             "",
         ]
         lines += [f"- {md_safe(s)}" for s in empty]
-    if meta.get("skipped"):
+    if meta.skipped:
         lines += ["", "## Skipped models", ""]
-        lines += [f"- {md_safe(s['name'])}: {md_safe(s['reason'])}" for s in meta["skipped"]]
-    p = meta["provenance"]
+        lines += [f"- {md_safe(s.name)}: {md_safe(s.reason)}" for s in meta.skipped]
+    p = meta.provenance
     lines += [
         "",
         "## Provenance",
         "",
-        f"Device {p['device']}, predictions in {p['dtype']}, crafting in float32 (TF32 off), batch "
-        f"{p['batch_size']}; torch {p['versions']['torch']}, timm {p['versions']['timm']}; split "
-        f"fingerprint {p['split_fingerprint']}. Files: results.json (every cell with its counts, "
+        f"Device {p.device}, predictions in {p.dtype}, crafting in float32 (TF32 off), batch "
+        f"{p.batch_size}; torch {p.versions['torch']}, timm {p.versions['timm']}; split "
+        f"fingerprint {p.split_fingerprint}. Files: results.json (every cell with its counts, "
         "intervals and control), matrix.csv, heatmap.png, config.yaml.",
     ]
     return lines
@@ -192,11 +192,12 @@ def write_outputs(
     m: Measurement,
     info: dict[str, Info],
     clean: dict[str, CleanPerformance],
-    results: dict[str, Any],
-    meta: dict[str, Any],
+    results: dict[str, object],
+    meta: RunMeta,
     seed: int,
 ) -> None:
-    """Every output written atomically; results.json is deterministic (no timestamps)."""
+    """Every output written atomically; `results` is results.json's body
+    (attack.reports.results.study_json), deterministic (no timestamps)."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", json.dumps(results, indent=1))
     atomic_write(out / "matrix.csv", matrix_csv(m))

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from attack.reports.figures import Estimate
+from attack.reports.records import SuiteMeta, SuiteRow
+from attack.reports.study import md_safe
 from attack.reports.tables import Group, group
-from attack.stats import PairedTest, holm
+from attack.stats import Interval, PairedTest, holm
 from shared.io import atomic_path, atomic_write
 
 if TYPE_CHECKING:
@@ -27,7 +31,7 @@ ENSEMBLE_TEXT = {
     "that no member's logit scale decides alone",
     "loss": "the mean of their members' cross-entropies",
 }
-Rows = dict[tuple[str, str, float], dict[str, Any]]
+Rows = Mapping[tuple[str, str, float], SuiteRow]  # (attack, threat, eps) -> its row
 
 
 def _cell(g: Group) -> str:
@@ -48,20 +52,20 @@ def _versus(test: PairedTest, adjusted: float) -> str:
     return f"{diff} | {test.n} | {test.p_value:.2g} | {adjusted:.2g} | {verdict}"
 
 
-def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: dict[str, Any]) -> str:
+def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: SuiteMeta) -> str:
     fixed = ("global targets", "local targets", "all targets")
-    archs = sorted({k for r in rows.values() for k in r["groups"]} - set(fixed))
+    archs = sorted({k for r in rows.values() for k in r.groups} - set(fixed))
     cols = [*archs, *fixed]
     lines = [
         "# Attack suite: every attack under every threat model",
         "",
-        f"eps = {eps} (L-infinity, [0, 1] pixel space) on {meta['n_images']} pneumonia images of the "
+        f"eps = {eps} (L-infinity, [0, 1] pixel space) on {meta.n_images} pneumonia images of the "
         "held-out test sets. Threat models:",
         "",
         *[f"- **{t}**: {THREAT_TEXT[t]}" for t in req.threats],
         "",
-        f"Ensembles craft on {ENSEMBLE_TEXT[meta['ensemble']['mode']]} (`attack.suite.ensemble: "
-        f"{meta['ensemble']['mode']}`).",
+        f"Ensembles craft on {ENSEMBLE_TEXT[meta.ensemble.mode]} (`attack.suite.ensemble: "
+        f"{meta.ensemble.mode}`).",
         "",
         "Each figure: the mean transferability over the usable transfer cells of the group [bootstrap "
         "95% interval over cells], n = cells/images behind them, and the mean random-sign control at "
@@ -77,8 +81,8 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: dict[str, Any]) ->
         for t in req.threats:
             r = rows[a, t, eps]
             lines.append(
-                f"| [{a}]({r['folder']}/results.json) | {t} | "
-                + " | ".join(_cell(r["groups"][c]) if c in r["groups"] else "n/a" for c in cols)
+                f"| [{a}]({r.folder}/results.json) | {t} | "
+                + " | ".join(_cell(r.groups[c]) if c in r.groups else "n/a" for c in cols)
                 + " |"
             )
     lines += [
@@ -94,11 +98,11 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: dict[str, Any]) ->
         "| attack | threat | transfer - control | targets | p | p (Holm) | at 0.05 |",
         "|---|---|---|---|---|---|---|",
     ]
-    tests = [rows[a, t, eps]["over_control"] for a in req.attacks for t in req.threats]
+    tests = [rows[a, t, eps].over_control for a in req.attacks for t in req.threats]
     adjusted = iter(holm([x.p_value for x in tests]))
     for a in req.attacks:
         for t in req.threats:
-            lines.append(f"| {a} | {t} | {_versus(rows[a, t, eps]['over_control'], next(adjusted))} |")
+            lines.append(f"| {a} | {t} | {_versus(rows[a, t, eps].over_control, next(adjusted))} |")
     lines += [
         "",
         "## White-box (the target is one of the surrogates)",
@@ -108,8 +112,8 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: dict[str, Any]) ->
     ]
     for a in req.attacks:
         for t in req.threats:
-            cells = rows[a, t, eps]["white_box"]
-            lines.append(f"| {a} | {t} | {_cell(group([[c] for c in cells], meta['seed']))} |")
+            cells = rows[a, t, eps].white_box
+            lines.append(f"| {a} | {t} | {_cell(group([[c] for c in cells], meta.seed))} |")
     if req.sweep_attacks:
         lines += [
             "",
@@ -122,26 +126,43 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: dict[str, Any]) ->
             for t in req.threats:
                 lines.append(
                     f"| {a} | {t} | "
-                    + " | ".join(_cell(rows[a, t, e]["groups"]["all targets"]) for e in req.sweep_eps)
+                    + " | ".join(_cell(rows[a, t, e].groups["all targets"]) for e in req.sweep_eps)
                     + " |"
                 )
         lines += ["", "![transfer against eps](sweep.png)"]
-    empty = [(k, r["empty"]) for k, r in rows.items() if r["empty"]]
+    empty = [(k, r.empty) for k, r in rows.items() if r.empty]
     if empty:
         lines += ["", "## Empty rows", "", "Sources that classified none of the attack images correctly:", ""]
-        lines += [f"- {a} {t} eps {e:g}: {', '.join(names)}" for (a, t, e), names in empty]
+        lines += [
+            f"- {a} {t} eps {e:g}: {', '.join(md_safe(x) for x in names)}" for (a, t, e), names in empty
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _sweep(rows: Rows, req: SuiteRequest) -> dict[str, dict[str, list[tuple[float, Group]]]]:
+    """Per panel ("attack/threat"), per target group: (eps, its figure) along the sweep."""
+    points: dict[str, dict[str, list[tuple[float, Group]]]] = {}
+    for a in req.sweep_attacks:
+        for t in req.threats:
+            for e in req.sweep_eps:
+                for k, g in rows[a, t, e].groups.items():
+                    points.setdefault(f"{a}/{t}", {}).setdefault(k, []).append((e, g))
+    return points
+
+
+def _plotted(i: Interval) -> float:
+    """A rate in percent as sweep.json publishes it (undefined: 0)."""
+    return 100 * (Estimate.of(i).value or 0)
 
 
 def sweep_png(rows: Rows, req: SuiteRequest, png: Path, js: Path) -> None:
     """Transfer against eps, one panel per (attack, threat), one line per target architecture."""
-    points: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for a in req.sweep_attacks:
-        for t in req.threats:
-            for e in req.sweep_eps:
-                for k, g in rows[a, t, e]["groups"].items():
-                    points.setdefault(f"{a}/{t}", {}).setdefault(k, []).append({"eps": e, **g.to_json()})
-    atomic_write(js, json.dumps(points, indent=1))
+    points = _sweep(rows, req)
+    body = {
+        panel: {k: [{"eps": e, **g.to_json()} for e, g in pts] for k, pts in curves.items()}
+        for panel, curves in points.items()
+    }
+    atomic_write(js, json.dumps(body, indent=1))
     if not points:
         return
     import matplotlib
@@ -157,10 +178,10 @@ def sweep_png(rows: Rows, req: SuiteRequest, png: Path, js: Path) -> None:
             for k, pts in points[f"{a}/{t}"].items():
                 if k in ("global targets", "local targets"):
                     continue
-                xs = [p["eps"] for p in pts]
-                ys = [100 * (p["mean"]["value"] or 0) for p in pts]
+                xs = [e for e, _ in pts]
+                ys = [_plotted(g.mean) for _, g in pts]
                 ax.plot(xs, ys, marker="o", label=k, linewidth=2.2 if k == "all targets" else 1.2)
-            ctrl = [100 * (p["control_mean"]["value"] or 0) for p in points[f"{a}/{t}"]["all targets"]]
+            ctrl = [_plotted(g.control) for _, g in points[f"{a}/{t}"]["all targets"]]
             ax.plot(req.sweep_eps, ctrl, linestyle="--", color="grey", label="random-sign control")
             ax.set_title(f"{a}, {t}")
             ax.set_xlabel("eps")

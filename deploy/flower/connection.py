@@ -15,7 +15,7 @@ from deploy.flower.processes import die_with_parent
 from shared.config.run import Scalar
 from shared.errors import ConfigError, DeploymentError, FederationError
 
-PROJECT_DIR = Path(__file__).resolve().parents[1]
+PROJECT_DIR = Path(__file__).resolve().parents[2]
 NAME = "target"
 
 

@@ -1,1 +1,2 @@
-"""The networked, locked-down deployment: server and site hosts, Fleet proxy, signed app, credentials, store server."""
+"""The networked, locked-down deployment: server and site hosts, Fleet proxy, signed app,
+credentials, store server."""

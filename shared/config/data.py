@@ -1,15 +1,10 @@
-"""The data part of the experiment config: datasets, sites, splits, overlap and image limits.
-
-Split from shared.config.experiment (which re-exports these names) so each config module stays short.
-"""
+"""The data part of the experiment config: datasets, sites, splits, overlap and image limits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-from shared.errors import ConfigError
 
 SITES: tuple[str, ...] = ("A", "B", "C", "D")
 DatasetKind = Literal["nih", "rsna"]
@@ -112,10 +107,3 @@ class DataConfig:
     def sites(self) -> tuple[str, ...]:
         """Every configured site, in order A..D."""
         return tuple(s for s in SITES if any(s in d.sites for d in self.datasets.values()))
-
-    def dataset_of(self, site: str) -> str:
-        """The name of the dataset a site's shard comes from."""
-        for name, ds in self.datasets.items():
-            if site in ds.sites:
-                return name
-        raise ConfigError(f"site {site!r} is not in any dataset's sites; configured: {self.sites}")

@@ -14,17 +14,9 @@ from typing import Any, Literal
 import yaml
 
 from shared.config.attack import AttackConfig
-from shared.config.data import (
-    DEFAULT_MAX_PIXELS,
-    SITES,
-    DataConfig,
-    DatasetConfig,
-    DatasetKind,
-    OverlapConfig,
-    SplitConfig,
-)
-from shared.config.study import StudyConfig, Variant
-from shared.config.training import AdversarialTraining, ArchTraining, OptimizerConfig, TrainingConfig
+from shared.config.data import SITES, DataConfig
+from shared.config.study import StudyConfig
+from shared.config.training import TrainingConfig
 from shared.config.typed import build, plain, set_dotted
 from shared.errors import ConfigError
 from shared.io import atomic_write
@@ -39,30 +31,6 @@ def check_arch_names(names: tuple[str, ...], key: str) -> None:
             close = timm.list_models(f"*{name[:5]}*")[:5]
             hint = f"; close names: {', '.join(close)}" if close else ""
             raise ValueError(f"{key}: {name!r} is not a timm model name{hint}")
-
-
-# The data and training classes live in shared.config.data and shared.config.training;
-# they are re-exported here.
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "SITES",
-    "AdversarialTraining",
-    "ArchTraining",
-    "DataConfig",
-    "DatasetConfig",
-    "DatasetKind",
-    "ExperimentConfig",
-    "FederationConfig",
-    "OptimizerConfig",
-    "OverlapConfig",
-    "SplitConfig",
-    "StudyConfig",
-    "SynthConfig",
-    "TrainingConfig",
-    "Variant",
-    "load_config",
-    "parse_config",
-]
 
 
 @dataclass(frozen=True)

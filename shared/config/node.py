@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config.experiment import SITES
+from shared.config.data import SITES
 from shared.errors import ConfigError
 
 KEYS = ("site", "manifest", "cache-dir", "data-root", "device", "image-size")

@@ -1,16 +1,21 @@
 """The training section of the experiment config: local optimisation at each site, its
-per-architecture exceptions, and federated adversarial training (re-exported by
-shared.config.experiment)."""
+per-architecture exceptions, and federated adversarial training."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
+
+T = TypeVar("T")
 
 # Smallest input some timm architectures accept (shared.ml.models upsamples smaller images
 # inside the model; per_arch.<arch>.net_size may ask for a larger size).
 MIN_INPUT = {"inception_v3": 75}
+
+
+def pick(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def net_size_problem(arch: str, net_size: int) -> str | None:
@@ -124,6 +129,30 @@ class TrainingConfig:
     # its head, so the argmax every consumer uses is the calibrated rule
     # (shared.ml.calibration); none: argmax of the trained logits.
     calibration: Literal["none", "youden"] = "none"
+    # torch.compile the model for the sites' training passes only: validation, the stored
+    # weights and the attack use the model itself.
+    compile: bool = False
+
+    @property
+    def finetune_rate(self) -> float:
+        """The fine-tuning learning rate: finetune_lr, else the optimizer's."""
+        return pick(self.finetune_lr, self.optimizer.lr)
+
+    def for_arch(self, arch: str) -> TrainingConfig:
+        """These settings as `arch` trains with them: its per_arch exceptions applied, the
+        fine-tuning rate resolved, no per-architecture tables left (what one Flower run
+        carries, shared.config.run; the run holds its net_size and pretrained file)."""
+        a = self.per_arch.get(arch, ArchTraining())
+        optimizer = replace(self.optimizer, lr=pick(a.lr, self.optimizer.lr))
+        return replace(
+            self,
+            local_epochs=pick(a.local_epochs, self.local_epochs),
+            finetune_epochs=pick(a.finetune_epochs, self.finetune_epochs),
+            optimizer=optimizer,
+            finetune_lr=pick(a.finetune_lr, pick(self.finetune_lr, optimizer.lr)),
+            pretrained={},
+            per_arch={},
+        )
 
     def net_size(self, arch: str) -> int:
         """The size `arch`'s network sees (per_arch.<arch>.net_size; 0: its default)."""

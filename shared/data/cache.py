@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.config.experiment import DEFAULT_MAX_PIXELS
+from shared.config.data import DEFAULT_MAX_PIXELS
 from shared.data.images import read_image, resize_to_uint8
 from shared.data.manifest import Manifest
 from shared.errors import DatasetError, ImageReadError

@@ -9,17 +9,19 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-import pydicom.pixels
 from PIL import Image, UnidentifiedImageError
-from pydicom.errors import InvalidDicomError
-from pydicom.multival import MultiValue
 
-from shared.config.experiment import DEFAULT_MAX_PIXELS
-from shared.data.dicomhead import check_dicom_header, too_many_pixels
+from shared.config.data import DEFAULT_MAX_PIXELS
 from shared.errors import ImageReadError
+
+if TYPE_CHECKING:
+    import pydicom
+
+# pydicom (and shared.data.dicomhead, which imports it) are imported where a file is decoded:
+# a ClientApp process whose cache is built never decodes, and pydicom costs it ~0.2 s to import.
 
 _DICOM_REQUIRED = ("Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation")
 # pydicom logs each decoder failure with a full traceback through its own logger, even when
@@ -48,6 +50,8 @@ def read_raster(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
         with im:
             w, h = im.size
             if w * h > max_pixels:
+                from shared.data.dicomhead import too_many_pixels
+
                 raise ImageReadError(str(path), too_many_pixels(f"{w}x{h}", w * h, max_pixels))
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -70,6 +74,8 @@ def read_raster(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
 def _usable_window(ds: pydicom.Dataset) -> bool:
     """A VOI LUT sequence, or a window whose width is at least 1 (PS3.3 C.11.2.1.2): a width
     of 0 (seen in the wild) defines no window, so the stored range is used instead."""
+    from pydicom.multival import MultiValue
+
     if "VOILUTSequence" in ds:
         return True
     if "WindowCenter" not in ds or "WindowWidth" not in ds:
@@ -88,6 +94,11 @@ def read_dicom(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     The result is scaled by the range the stored bits can take after the LUTs, so 8-, 12-
     and 16-bit images all land in [0, 1] the way the LUTs intend.
     """
+    import pydicom.pixels  # binds pydicom too
+    from pydicom.errors import InvalidDicomError
+
+    from shared.data.dicomhead import check_dicom_header
+
     try:
         problem = check_dicom_header(path, max_pixels)
         if problem:

@@ -1,1 +1,2 @@
-"""What a site runs on a model: the model factory, training, calibration, BatchNorm handling, training-time attacks, the wire format."""
+"""What a site runs on a model: the model factory, training, calibration, BatchNorm handling,
+finishing a model, the iterative attack kernel, the wire format."""

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.config.training import AdversarialTraining
+from shared.ml.iterative import iterate
 
 
 @contextmanager
@@ -53,25 +54,26 @@ def perturb(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Adversarial versions of x (L-infinity, eps, in [0, 1]) against `model`'s
-    (class-weighted) cross-entropy; random start, `adv.steps` signed-gradient steps."""
-    step = adv.eps * adv.step_fraction
+    (class-weighted) cross-entropy: the iterative kernel (shared.ml.iterative) from a
+    uniform random start, `adv.steps` signed-gradient steps of eps * step_fraction. The
+    start is drawn on the CPU (`generator` or the global one), whatever the device."""
     noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-    out = torch.clamp(x + (noise * 2 - 1) * adv.eps, 0.0, 1.0).detach()
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
         with batchnorm_statistics_kept(model):
-            for _ in range(adv.steps):
-                out.requires_grad_(True)
-                loss = F.cross_entropy(model(out), y, weight=weight)
-                (g,) = torch.autograd.grad(loss, out)
-                out = out.detach() + step * g.sign()
-                out = torch.clamp(x + torch.clamp(out - x, -adv.eps, adv.eps), 0.0, 1.0).detach()
+            return iterate(
+                lambda images: F.cross_entropy(model(images), y, weight=weight),
+                x,
+                adv.eps,
+                adv.eps * adv.step_fraction,
+                adv.steps,
+                start=(noise * 2 - 1) * adv.eps,
+            )
     finally:
         for p in params:
             p.requires_grad_(True)
-    return out
 
 
 def mix(

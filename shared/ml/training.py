@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from shared.config.experiment import AdversarialTraining, OptimizerConfig
+from shared.config.training import AdversarialTraining, OptimizerConfig
 from shared.ml.adversarial import Proximal, mix
 
 log = logging.getLogger(__name__)

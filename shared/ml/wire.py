@@ -9,23 +9,17 @@ Integer buffers (BatchNorm counters) travel as floats and are rounded back on un
 
 from __future__ import annotations
 
-import hashlib
+from typing import TypeVar
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from shared.errors import FederationError
+from shared.config.typed import coerce
+from shared.errors import ConfigError, FederationError
 
 FLAT_KEY = "flat"
-
-
-def layout_id(state: dict[str, torch.Tensor]) -> str:
-    """A short hash of the names and shapes: equal for equal architectures."""
-    h = hashlib.sha256()
-    for k, v in state.items():
-        h.update(f"{k}:{tuple(v.shape)};".encode())
-    return h.hexdigest()[:16]
+T = TypeVar("T")
 
 
 def pack(state: dict[str, torch.Tensor]) -> np.ndarray:
@@ -99,33 +93,13 @@ def metrics_in(content: RecordDict, key: str = "metrics") -> dict[str, float]:
     return out
 
 
-def config_int(record: ConfigRecord, key: str, default: int | None = None) -> int:
-    """An integer entry of a ConfigRecord."""
+def config_value(record: ConfigRecord, key: str, tp: type[T], default: T | None = None) -> T:
+    """Entry `key` of a ConfigRecord, checked as `tp` by the config's coercer
+    (shared.config.typed.coerce); a missing entry is `default`, an error without one."""
     value = record.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FederationError(f"message: config {key!r} must be an integer, got {value!r}")
-    return value
-
-
-def config_str(record: ConfigRecord, key: str, default: str | None = None) -> str:
-    """A string entry of a ConfigRecord."""
-    value = record.get(key, default)
-    if not isinstance(value, str):
-        raise FederationError(f"message: config {key!r} must be a string, got {value!r}")
-    return value
-
-
-def config_float(record: ConfigRecord, key: str, default: float | None = None) -> float:
-    """A number entry of a ConfigRecord, as a float."""
-    value = record.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise FederationError(f"message: config {key!r} must be a number, got {value!r}")
-    return float(value)
-
-
-def config_bool(record: ConfigRecord, key: str, default: bool | None = None) -> bool:
-    """A boolean entry of a ConfigRecord."""
-    value = record.get(key, default)
-    if not isinstance(value, bool):
-        raise FederationError(f"message: config {key!r} must be true or false, got {value!r}")
-    return value
+    if value is None:
+        raise FederationError(f"message: config {key!r} is missing")
+    try:
+        return coerce(tp, value, key, "message: config")
+    except ConfigError as e:
+        raise FederationError(str(e)) from None

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config.experiment import DataConfig, SplitConfig
+from shared.config.data import DataConfig, SplitConfig
 from shared.data.records import DatasetIndex, Sample
 from shared.errors import DatasetError
 from shared.io import atomic_write

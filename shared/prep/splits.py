@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.config.experiment import DataConfig, SplitConfig
+from shared.config.data import DataConfig, SplitConfig
 from shared.data.fingerprint import MANIFEST_PREFIXES, write_fingerprint
 from shared.data.manifest import (
     Manifest,
