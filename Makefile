@@ -25,13 +25,14 @@ test: lint typecheck compose-v2
 # The suite in tiers (pyproject.toml's markers; every test is in exactly one):
 # unit: in-process only, under 2 minutes; integration: the CLI as subprocesses, loopback
 # servers, network namespaces; e2e: real Flower federations; docker: needs the engine.
-# The unit tier runs torch on one thread unless OMP_NUM_THREADS says otherwise: on two
-# cores shared with other work a second thread spins against them (18 min instead of 3).
+# unit and integration run torch on one thread unless OMP_NUM_THREADS says otherwise: on
+# two cores shared with other work, a second thread spins against it (the unit tier took
+# 1.3 min on one thread, 3.7 min on two beside one busy core, 18 min beside several).
 unit: setup
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m unit
 
 integration: setup compose-v2
-	$(PY) -m pytest -m integration
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m integration
 
 e2e: setup
 	$(PY) -m pytest -m e2e

@@ -4,8 +4,12 @@ rule that every test is in exactly one tier (pyproject.toml's markers)."""
 from __future__ import annotations
 
 import csv
+import os
+import socket
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import yaml
@@ -31,6 +35,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "pytestmark = pytest.mark.<tier> (whole file) or @pytest.mark.<tier> (one test), as "
             "pyproject.toml's markers describe:\n" + "\n".join(wrong)
         )
+
+
+def _refuse(what: str) -> Callable[..., NoReturn]:
+    def refused(*args: object, **kwargs: object) -> NoReturn:
+        target = f" ({args[1]!r})" if len(args) > 1 else ""  # the command line or the address
+        pytest.fail(f"a unit test may not {what}{target}: mark it integration")
+
+    return refused
+
+
+@pytest.fixture(autouse=True)
+def _unit_stays_in_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit test (its function-scoped fixtures included) fails where it would start a
+    process or use a socket: what the tier promises is checked, not only declared."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", _refuse("start a process"))
+    monkeypatch.setattr(os, "fork", _refuse("fork a process"))
+    for method in ("connect", "connect_ex", "bind"):
+        monkeypatch.setattr(socket.socket, method, _refuse(f"{method} a socket"))
 
 
 def write_config(path: Path, data_dir: Path, out_dir: Path, **overrides: Any) -> Path:

@@ -150,14 +150,14 @@ def test_the_demo_table_shows_the_threshold_and_the_argmax_figures_before_it() -
         "val-specificity-argmax": 0.96,
     }
     entry = ModelEntry("inception_v3-local-A", "inception_v3", "local", "A", 4, "f", "0" * 64, spec, metrics)
-    table = model_table([entry], {"models": []})
+    table = model_table([entry], {})
     row = next(line for line in table.splitlines() if line.startswith("inception_v3-local-A"))
     assert "-1.35" in row and "0.41" in row and "0.96" in row and "0.71" in row
     assert "all 1 models clear the bar" in table
     below = ModelEntry(
         "x-local-B", "x", "local", "B", 4, "f", "0" * 64, spec, {**metrics, "val-sensitivity": 0.4}
     )
-    assert "WARNING: 1 model(s) below the bar" in model_table([below], {"models": []})
+    assert "WARNING: 1 model(s) below the bar" in model_table([below], {})
 
 
 def _reply(counts: np.ndarray, n_val: float) -> RecordDict:
