@@ -8,7 +8,8 @@ interleaved (the machine is noisy); the median of each, wall and CPU seconds (us
 system, the process's and the children it waited for):
 
   python        the bare interpreter (`python -c pass`): the floor of any process
-  import        `import clients.app`: the ClientApp module and its import closure
+  import        `import clients.app`: the ClientApp module and its import closure; and
+                the whole process that does only that, start to exit
   flwr          flwr-clientapp's own imports (the console script's module, its runtime
                 loop and the app loader), before it loads the app
   load          then flwr.supercore.object_ref.load_app("clients.app:app", ...), as
@@ -17,8 +18,11 @@ system, the process's and the children it waited for):
                 loaded and checked against the split's fingerprint, the warm cache of its
                 train and val parts opened (clients.site.site_data)
   message       a whole train message in one process (ClientApp(message, context), the
-                demo config, one local epoch), process start to reply, minus the training
-                the site reports (train-seconds; training.threads 1, so its CPU ~ its wall)
+                demo config, one local epoch), process start to exit, minus the training
+                (clients.site's train_epochs, timed around) and minus building the message
+                (torch.load of the initial weights, packed: flwr-clientapp pulls it instead);
+                "handler": the handler's own work beyond training (model build, weights
+                unpacked, BatchNorm statistics, validation before and after, reply)
 
 The data: the synthetic twin (shared.prep) split as the demo config splits it, in a
 temporary folder, made once with this checkout's code; each checkout warms its own cache
@@ -47,10 +51,12 @@ PHASES = ("python", "import", "load", "data", "message")
 ROWS = (
     ("python", "interpreter (python -c pass), process"),
     ("import", "import clients.app"),
+    ("import-process", "  the same, process start to exit"),
     ("flwr", "flwr-clientapp's own imports"),
     ("load", "load_app('clients.app:app') after them"),
     ("data", "data open (configs, manifest, warm cache)"),
     ("message", "train message minus training, process"),
+    ("handler", "  of it, the handler beyond training"),
     ("training", "  (its training, not counted)"),
 )
 TAG = "CLIENTAPP-START "
@@ -144,7 +150,7 @@ def phase_message(a, marks):
     t = now()
     import clients.app
 
-    mark(marks, "import", t)
+    t = mark(marks, "import", t)
     import torch
     from flwr.app import ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
@@ -166,7 +172,7 @@ def phase_message(a, marks):
             mark(marks, "training", t)
 
     site.train_epochs = timed
-    t = now()
+    t = mark(marks, "setup", t)  # the message as flwr-clientapp would have pulled it
     clients.app.app(msg, ctx)
     mark(marks, "handle", t)
 
@@ -267,13 +273,19 @@ def sample(c: Checkout, phase: str) -> dict[str, Times]:
     """One fresh process of `phase`: the rows it measures."""
     arg = {"checkout": str(c.root), "nc": c.nc, "rc": c.rc, "state": str(c.state)}
     marks, (wall, cpu) = run_child(c.root, phase, arg)
-    rows = {k: (float(v[0]), float(v[1])) for k, v in marks.items() if k in dict(ROWS)}
+    t = {k: (float(v[0]), float(v[1])) for k, v in marks.items()}
     if phase == "python":
-        rows["python"] = (wall, cpu)
+        return {"python": (wall, cpu)}
+    if phase == "import":
+        return {"import": t["import"], "import-process": (wall, cpu)}
     if phase == "message":
-        train = rows.pop("training")
-        rows = {"message": (wall - train[0], cpu - train[1]), "training": train}
-    return rows
+        train, handle, setup = t["training"], t["handle"], t["setup"]
+        return {
+            "message": (wall - train[0] - setup[0], cpu - train[1] - setup[1]),
+            "handler": (handle[0] - train[0], handle[1] - train[1]),
+            "training": train,
+        }
+    return {k: v for k, v in t.items() if k in dict(ROWS) and k != "import"}
 
 
 def median(xs: list[Times]) -> Times:
