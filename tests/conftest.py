@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
+import pydicom  # noqa: F401  (see below)
 import pytest
+import torch  # noqa: F401  (see below)
 import yaml
 
 from shared.prep.synth.twin import synthesize
@@ -35,6 +37,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "pytestmark = pytest.mark.<tier> (whole file) or @pytest.mark.<tier> (one test), as "
             "pyproject.toml's markers describe:\n" + "\n".join(wrong)
         )
+
+
+# torch and pydicom are imported here, before any test: torch's first import runs
+# /sbin/ldconfig (ctypes' find_library, for CUDA's libraries) and pydicom's binds a socket
+# (urllib3 probing for IPv6, through requests), which the unit tier's guard below would
+# otherwise count against whichever unit test happens to import them first.
 
 
 def _refuse(what: str) -> Callable[..., NoReturn]:

@@ -87,3 +87,38 @@ def test_overrides_and_dump_roundtrip(tmp_path: Path) -> None:
     assert again == cfg
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)  # "billion laughs": nine lines that expand to 10**9 strings
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    """An alias anywhere (the bomb under `name:`, or in a study variant's overrides) is
+    refused by the parser before anything expands: the error names the file and the alias."""
+    demo = (REPO / "configs" / "demo.yaml").read_text()
+    for where, text in {
+        "name": BOMB + demo.replace("name:", "ignored_name:", 1) + "\nname: *i\n",
+        "overrides": demo + "\n" + BOMB + "study:\n  variants:\n    - name: x\n      overrides: *i\n",
+    }.items():
+        path = tmp_path / f"{where}.yaml"
+        path.write_text(text)
+        with pytest.raises(ConfigError) as e:
+            load_config(path)
+        message = str(e.value)
+        assert str(path) in message and "aliases (*" in message and len(message) < 400, message
+
+
+def test_an_anchor_without_alias_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text((REPO / "configs" / "demo.yaml").read_text().replace("name:", "name: &n", 1))
+    assert load_config(path).name
+
+
+def test_a_long_bad_value_is_shown_as_a_bounded_excerpt(tmp_path: Path) -> None:
+    path = _write(tmp_path, lambda r: r.update(seed=["x" * 10_000] * 100))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    message = str(e.value)
+    assert "'seed'" in message and "characters)" in message and len(message) < 400, message

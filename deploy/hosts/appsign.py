@@ -29,6 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from shared.config.typed import load_yaml
 from shared.errors import CredentialsError, DeploymentError
 from shared.io import atomic_write
 
@@ -103,7 +104,7 @@ def check_trusted_entities(path: Path) -> dict[str, str]:
     one clear error otherwise (Flower's own check ends in a traceback)."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise CredentialsError(
             f"{path}: missing; copy the operator's {TRUSTED_ENTITIES} (written by `fedattack deploy "

@@ -17,7 +17,7 @@ from shared.config.attack import AttackConfig
 from shared.config.data import SITES, DataConfig
 from shared.config.study import StudyConfig
 from shared.config.training import TrainingConfig
-from shared.config.typed import build, plain, set_dotted
+from shared.config.typed import build, load_yaml, plain, set_dotted
 from shared.errors import ConfigError
 from shared.io import atomic_write
 
@@ -134,7 +134,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     """Load and validate an experiment YAML. `overrides` maps dotted keys to new values."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except IsADirectoryError:

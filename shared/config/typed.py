@@ -9,7 +9,34 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from shared.errors import ConfigError
+
+EXCERPT = 80  # characters of a bad value an error message shows
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases: `*name` would let a few lines expand into gigabytes (the
+    "billion laughs"), and a config never needs one. Anchors alone are harmless."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            what = f"aliases (*{event.anchor}) are not allowed: write the value out"
+            raise yaml.composer.ComposerError(None, None, what, event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse one YAML document safely and without aliases (a yaml.YAMLError otherwise)."""
+    return yaml.load(text, Loader=_NoAliases)
+
+
+def excerpt(value: Any) -> str:
+    """repr(value), cut to EXCERPT characters: an error message stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= EXCERPT else f"{text[:EXCERPT]}... ({len(text)} characters)"
 
 
 def plain(value: Any) -> Any:
@@ -68,7 +95,7 @@ def coerce(tp: Any, value: Any, key: str, source: str) -> Any:
 
     def bad(expected: str) -> ConfigError:
         return ConfigError(
-            f"{source}: key {key!r} must be {expected}, got {value!r} ({type(value).__name__})"
+            f"{source}: key {key!r} must be {expected}, got {excerpt(value)} ({type(value).__name__})"
         )
 
     if origin in (typing.Union, types.UnionType):
