@@ -32,15 +32,6 @@ class CleanPerformance:
     sensitivity: Interval
     specificity: Interval
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "n_positive": self.n_positive,
-            "n_negative": self.n_negative,
-            "auc": self.auc.to_json(),
-            "sensitivity": self.sensitivity.to_json(),
-            "specificity": self.specificity.to_json(),
-        }
-
 
 @torch.inference_mode()
 def scores(model: nn.Module, images: torch.Tensor, s: Settings) -> tuple[np.ndarray, np.ndarray]:
