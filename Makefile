@@ -18,9 +18,15 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/fedattack demo --config configs/demo.yaml
 
-# Everything CI runs: formatting and lint, types, the whole suite (every tier).
+# Everything CI runs: formatting and lint, types, the whole suite (every tier), in
+# TEST_WORKERS pytest workers (pytest-xdist): a federation test mostly waits (Flower's
+# polling, a process per message), so three share two cores well; each test file, or
+# each test marked xdist_group, is one unit of work (tests/conftest.py), longest tiers
+# first. Torch on one thread per process, as in the tiers below.
+TEST_WORKERS ?= 3
+PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 test: lint typecheck compose-v2
-	$(PY) -m pytest
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PYTEST)
 
 # The suite in tiers (pyproject.toml's markers; every test is in exactly one):
 # unit: in-process only, under 2 minutes; integration: the CLI as subprocesses, loopback
@@ -29,16 +35,16 @@ test: lint typecheck compose-v2
 # two cores shared with other work, a second thread spins against it (the unit tier took
 # 1.3 min on one thread, 3.7 min on two beside one busy core, 18 min beside several).
 unit: setup
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m unit
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PYTEST) -m unit
 
 integration: setup compose-v2
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -m integration
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PYTEST) -m integration
 
 e2e: setup
-	$(PY) -m pytest -m e2e
+	$(PYTEST) -m e2e
 
 docker: setup
-	$(PY) -m pytest -m docker
+	$(PYTEST) -m docker
 
 lint: setup
 	$(PY) -m ruff check .

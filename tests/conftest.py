@@ -37,6 +37,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "pytestmark = pytest.mark.<tier> (whole file) or @pytest.mark.<tier> (one test), as "
             "pyproject.toml's markers describe:\n" + "\n".join(wrong)
         )
+    _group_for_workers(config, items)
+
+
+def _group_for_workers(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """For `pytest -n N --dist loadgroup` (make test): a test file is one unit of work, so
+    that its module fixtures (a federation, a built image) are built once, by one worker;
+    a test marked `xdist_group("name")` is a unit of its own (a federation it starts
+    itself). Under workers, the units that take longest by tier (docker, e2e, integration,
+    unit) are handed out first, so that no long one starts last."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    if config.getoption("dist", "no") == "no":
+        return
+    rank = {tier: i for i, tier in enumerate(TIERS[::-1])}  # docker first, unit last
+    first: dict[str, tuple[int, int]] = {}
+    for i, item in enumerate(items):
+        mark = item.get_closest_marker("xdist_group")
+        tier = next(m.name for m in item.iter_markers() if m.name in TIERS)
+        name = str(mark.args[0]) if mark else ""
+        seen = first.get(name, (len(TIERS), i))
+        first[name] = (min(seen[0], rank[tier]), seen[1])
+    items.sort(key=lambda it: first[str(it.get_closest_marker("xdist_group").args[0])])  # type: ignore[union-attr]
 
 
 # torch and pydicom are imported here, before any test: torch's first import runs

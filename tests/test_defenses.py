@@ -185,6 +185,7 @@ def _weighted_mean(states: list[dict[str, torch.Tensor]], weights: list[float], 
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("defenses-fedbn")  # a unit of work of its own (tests/conftest.py)
 def test_fedbn_with_adversarial_training_on_flower(tmp_path: Path, data: Path) -> None:
     """FedBN + PGD adversarial training, two rounds on a real deployment. Recomputing every
     site offline (same code, seeds, CPU): each round's stored global holds the weighted
@@ -230,6 +231,7 @@ def test_fedbn_with_adversarial_training_on_flower(tmp_path: Path, data: Path) -
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("defenses-fedprox")  # a unit of work of its own (tests/conftest.py)
 def test_fedprox_on_flower_equals_the_sites_proximal_updates(tmp_path: Path, data: Path) -> None:
     """Flower's FedProx sends proximal-mu; each site's recomputed update with that mu
     averages to the stored round-1 global; without it, it would not."""

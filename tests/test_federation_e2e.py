@@ -210,6 +210,7 @@ def _rounds(store: CheckpointStore, arch: str) -> list[int]:
         return []
 
 
+@pytest.mark.xdist_group("federation-resume")  # a unit of work of its own (tests/conftest.py)
 def test_resume_after_the_server_side_dies(tmp_path: Path, data: Path) -> None:
     cfg_path = tiny_federation_config(tmp_path, data, ["resnet18"], rounds=3)
     cfg = load_config(cfg_path)
@@ -238,6 +239,7 @@ def test_resume_after_the_server_side_dies(tmp_path: Path, data: Path) -> None:
     assert leftovers(str(cfg.output_dir)) == []
 
 
+@pytest.mark.xdist_group("federation-dropout")  # a unit of work of its own (tests/conftest.py)
 def test_dropout_of_a_site_mid_round(tmp_path: Path, data: Path) -> None:
     cfg = load_config(
         tiny_federation_config(
@@ -270,6 +272,7 @@ def test_dropout_of_a_site_mid_round(tmp_path: Path, data: Path) -> None:
     assert leftovers(str(cfg.output_dir)) == []
 
 
+@pytest.mark.xdist_group("federation-bad-node-configs")  # a unit of work of its own (tests/conftest.py)
 def test_bad_node_configs_fail_the_run_with_the_reason(tmp_path: Path, data: Path) -> None:
     cfg = load_config(
         tiny_federation_config(tmp_path, data, ["resnet18"], rounds=1, **{"federation.round_timeout_s": 120})
@@ -286,6 +289,7 @@ def test_bad_node_configs_fail_the_run_with_the_reason(tmp_path: Path, data: Pat
     assert leftovers(str(cfg.output_dir)) == []
 
 
+@pytest.mark.xdist_group("federation-skip-unreadable")  # a unit of work of its own (tests/conftest.py)
 def test_skip_unreadable_reaches_the_sites(tmp_path: Path) -> None:
     """A site whose shard holds one corrupt image: the run fails naming the file unless
     data.skip_unreadable is on; then every site trains and the file is listed as skipped."""

@@ -98,6 +98,7 @@ def test_a_config_without_study_section_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("tiny-study")  # a unit of work of its own (tests/conftest.py)
 def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
     data = tiny_data(tmp_path / "d")
     variants = [
