@@ -15,7 +15,8 @@ def setup_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("PIL", "matplotlib", "urllib3", "timm", "fsspec"):
+    # httpx logs every request at INFO (the Fleet proxy's forwarding: most of a server log)
+    for noisy in ("PIL", "matplotlib", "urllib3", "timm", "fsspec", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not verbose:
         # pydicom logs a full traceback for each decoder failure (and warnings for odd tags)

@@ -60,8 +60,9 @@ def format_event(r: dict[str, Any]) -> str:
             f"AUC {_f(r.get('val-auc'))}"
         )
     if e == "round":
+        built = f"sites {','.join(r['sites'])}" if r.get("sites") else "the initial model"
         return (
-            f"[{a}] round {r['round']} done (sites {','.join(r.get('sites', [])) or '-'}): "
+            f"[{a}] round {r['round']} done ({built}): "
             f"global val loss {_f(r.get('val-loss'))}, AUC {_f(r.get('val-auc'))}"
         )
     if e == "site-error":
@@ -71,7 +72,8 @@ def format_event(r: dict[str, Any]) -> str:
     if e == "run-done":
         return f"[{a}] run complete"
     if e == "run-start":
-        return f"[{a}] run started ({r['rounds']} rounds, resuming after round {r['resume_from']})"
+        after = r["resume_from"]
+        return f"[{a}] run started ({r['rounds']} rounds{f', resuming after round {after}' if after else ''})"
     return ""
 
 
@@ -121,7 +123,6 @@ def run_all(
         for arch in batch:
             rc = run_settings_for(cfg, arch, store, resume, study, split).to_run_config()
             runs[arch] = Watched(arch, conn.submit(rc))
-            log.info("%s: submitted as run %d", arch, runs[arch].run_id)
             where = "" if progress else "; no local store: polling the SuperLink"
             print(f"[{arch}] submitted as run {runs[arch].run_id}{where}", flush=True)
         try:
