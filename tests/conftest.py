@@ -40,25 +40,43 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _group_for_workers(config, items)
 
 
+# The units of work that took longest in CI (pytest --durations, summed per unit), longest
+# first: handed out first, so that no long one starts last. A scheduling hint only.
+LONGEST = (
+    "tests/test_compose_up.py",
+    "attack-suite",
+    "tests/test_federation_e2e.py",
+    "tests/test_attack_e2e.py",
+    "tests/test_deploy_multihost.py",
+    "tiny-study",
+    "federation-resume",
+    "federation-dropout",
+    "defenses-fedbn",
+    "federation-skip-unreadable",
+    "defenses-fedprox",
+)
+
+
 def _group_for_workers(config: pytest.Config, items: list[pytest.Item]) -> None:
     """For `pytest -n N --dist loadgroup` (make test): a test file is one unit of work, so
     that its module fixtures (a federation, a built image) are built once, by one worker;
     a test marked `xdist_group("name")` is a unit of its own (a federation it starts
-    itself). Under workers, the units that take longest by tier (docker, e2e, integration,
-    unit) are handed out first, so that no long one starts last."""
+    itself). Under workers, the units in LONGEST are handed out first, then the others by
+    tier (docker, e2e, integration, unit)."""
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-    if config.getoption("dist", "no") == "no":
+    if not getattr(config.option, "loadgroup", False):  # set in an xdist worker under --dist loadgroup
         return
-    rank = {tier: i for i, tier in enumerate(TIERS[::-1])}  # docker first, unit last
+    rank = {tier: len(LONGEST) + i for i, tier in enumerate(TIERS[::-1])}  # docker first, unit last
     first: dict[str, tuple[int, int]] = {}
     for i, item in enumerate(items):
         mark = item.get_closest_marker("xdist_group")
-        tier = next(m.name for m in item.iter_markers() if m.name in TIERS)
         name = str(mark.args[0]) if mark else ""
-        seen = first.get(name, (len(TIERS), i))
-        first[name] = (min(seen[0], rank[tier]), seen[1])
+        tier = next(m.name for m in item.iter_markers() if m.name in TIERS)
+        order = LONGEST.index(name) if name in LONGEST else rank[tier]
+        seen = first.get(name, (order, i))
+        first[name] = (min(seen[0], order), seen[1])
     items.sort(key=lambda it: first[str(it.get_closest_marker("xdist_group").args[0])])  # type: ignore[union-attr]
 
 
