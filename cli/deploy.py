@@ -72,9 +72,13 @@ def _deploy_sign_app(args: argparse.Namespace) -> int:
 
 
 def _deploy_fleet_proxy(args: argparse.Namespace) -> int:
+    from deploy.hosts.fleet_guard import FleetLimits
     from deploy.hosts.fleet_proxy import serve_fleet_proxy
 
-    serve_fleet_proxy(args.host, args.port, args.upstream_port, _secure(args, "--credentials", "DIR, TLS"))
+    creds = _secure(args, "--credentials", "DIR, TLS")
+    db = Path(args.superlink_database) if args.superlink_database else None
+    limits = FleetLimits().with_pairs(args.fleet_limit)
+    serve_fleet_proxy(args.host, args.port, args.upstream_port, creds, database=db, limits=limits)
     return 0
 
 
@@ -88,15 +92,25 @@ def _deploy_prepare_data(args: argparse.Namespace) -> int:
 
 
 def _deploy_superlink(args: argparse.Namespace) -> int:
+    from deploy.hosts.fleet_guard import FleetLimits
     from deploy.hosts.server import start_superlink
 
+    credentials = _secure(args, "--credentials", "DIR, TLS + node auth")
+    if credentials is not None and not args.app and not args.unsafe_open_control_api:
+        raise FedAttackError(
+            "refusing to serve Flower's Control API on the public port: pass --app DIR (the app "
+            "signed by `deploy sign-app`) to lock the SuperLink down, or --unsafe-open-control-api "
+            "to open it to anyone who reaches --port (trusted networks only)"
+        )
     start_superlink(
-        _secure(args, "--credentials", "DIR, TLS + node auth"),
+        credentials,
         Path(args.state),
         args.host,
         args.port,
         args.control_port,
         Path(args.app) if args.app else None,
+        FleetLimits().with_pairs(args.fleet_limit),
+        open_control_api=args.unsafe_open_control_api,
     )
     return 0
 
@@ -164,6 +178,17 @@ def _deploy_wheelhouse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet_limit_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fleet-limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Fleet proxy limit, e.g. header-timeout-s=10 or max-connections-per-address=32 "
+        "(repeatable; names and defaults: docs/deployment.md, Load limits)",
+    )
+
+
 def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     """The `deploy` subcommand and its own subcommands."""
     dep = sub.add_parser("deploy", help="networked deployment: credentials, SuperLink, SuperNodes, runs")
@@ -204,6 +229,12 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--host", default="0.0.0.0")
     f.add_argument("--port", type=int, default=9093)
     f.add_argument("--upstream-port", type=int, default=9091, help="the SuperLink's port on 127.0.0.1")
+    f.add_argument(
+        "--superlink-database",
+        help="the SuperLink's STATE/superlink.db (needed with --credentials): bodies are read only "
+        "from requests signed by a key registered there",
+    )
+    _fleet_limit_option(f)
     f.set_defaults(func=_deploy_fleet_proxy)
 
     p = dsub.add_parser(
@@ -235,8 +266,16 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     s.add_argument(
         "--app",
         help="folder with the signed app (`deploy sign-app --out`): with --credentials, "
-        "locks the SuperLink down (control API on loopback, only the Fleet API on --port)",
+        "locks the SuperLink down (control API on loopback, only the Fleet API on --port); "
+        "required with --credentials unless --unsafe-open-control-api",
     )
+    s.add_argument(
+        "--unsafe-open-control-api",
+        action="store_true",
+        help="with --credentials and no --app: one SuperLink port for every API, Flower's Control "
+        "API included (anyone who reaches --port can register keys and submit apps): trusted networks only",
+    )
+    _fleet_limit_option(s)
     s.set_defaults(func=_deploy_superlink)
 
     r = dsub.add_parser("register", help="register the sites' public keys with the SuperLink")

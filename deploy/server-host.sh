@@ -20,7 +20,9 @@
 # signed app), STATE (/srv/fedattack/state), STORE (/srv/fedattack/checkpoints), ADDRESS
 # (the address the sites dial, HOST:9093), STORE_HOST (the address serve-store listens
 # on; default 0.0.0.0, every interface: the attack host is another machine, and it must
-# present attack.crt).
+# present attack.crt), FLEET_LIMITS (the Fleet proxy's load limits, NAME=VALUE separated
+# by spaces, e.g. "header-timeout-s=5 max-connections-per-address=16": docs/deployment.md,
+# "Load limits").
 set -euo pipefail
 CREDENTIALS=${CREDENTIALS:-/srv/fedattack/credentials}
 SERVER_DIR=${SERVER_DIR:-/srv/fedattack/server}
@@ -38,7 +40,8 @@ case "$cmd" in
   sign-app)
     exec fedattack deploy sign-app --key "$CREDENTIALS/app-signing.key" --out "$SERVER_DIR/app" ;;
   superlink)
-    exec fedattack deploy superlink --credentials "$SERVER_DIR" --app "$SERVER_DIR/app" \
+    limits=(); for l in ${FLEET_LIMITS:-}; do limits+=(--fleet-limit "$l"); done
+    exec fedattack deploy superlink "${limits[@]}" --credentials "$SERVER_DIR" --app "$SERVER_DIR/app" \
       --state "$STATE" --host 0.0.0.0 --port "${ADDRESS##*:}" ;;
   register)
     exec fedattack deploy register --superlink "$CONTROL" --root-certificates "$CREDENTIALS/ca.crt" \

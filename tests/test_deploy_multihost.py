@@ -11,11 +11,14 @@ unsigned app the sites refuse, an anonymous caller of the SuperLink's Runtime AP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,6 +30,7 @@ from deploy.flower.connection import Connection
 from deploy.flower.processes import ProcessGroup, tail, wait_for_port
 from deploy.flower.watchdog import marked
 from deploy.hosts.credentials import make_site_key
+from deploy.hosts.fleet_guard import FleetLimits
 from deploy.hosts.site import site_node_config
 from shared.errors import CheckpointError
 from tests.conftest import REPO, write_config
@@ -435,6 +439,142 @@ def test_attack_host_pulls_the_store_over_https(deployment, tmp_path: Path) -> N
         read_manifest(url)  # the system CAs do not vouch for the deployment's certificate
     with pytest.raises(CheckpointError, match="client certificate"):
         read_manifest(url, tls_context(creds / "ca.crt"))  # the CA alone is not enough
+
+
+def _site_node_id(d, site: str) -> int:
+    """The node id the SuperLink gave `site` (its state database, read-only)."""
+    from cryptography.hazmat.primitives import serialization
+
+    pub = serialization.load_ssh_public_key(
+        (d["paths"]["/credentials"] / f"site-{site}.key.pub").read_bytes()
+    )
+    pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    db = d["paths"]["/state"] / "superlink.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        row = conn.execute(
+            "SELECT node_id FROM node WHERE public_key = ? AND status != 'unregistered'", (pem,)
+        ).fetchone()
+    assert row is not None, f"site {site}'s key is not registered"
+    return int(row[0]) % 2**64  # stored as a signed 64-bit integer
+
+
+def _load(d, host: str, *args: str) -> subprocess.Popen:
+    """tests/fleet_load.py run on `host`; its JSON comes on stdout."""
+    cmd = d["net"].run_in(
+        host, [sys.executable, "-m", "tests.fleet_load", args[0], f"{d['link_ip']}:9093", *args[1:]]
+    )
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc: subprocess.Popen, timeout: float) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _under_attack(d, attack: list[str], seconds: float) -> tuple[dict, dict]:
+    """Site A's signed Fleet calls (heartbeats and pulls, as its SuperNode makes them) for
+    `seconds` while the attacker host runs `attack`."""
+    site = d["paths"]["/sites"] / "A"
+    legit = _load(d, "site-a", "legit", str(seconds), str(site / "ca.crt"), str(site / "site-A.key"),
+                  str(_site_node_id(d, "A")))  # fmt: skip
+    attacker = _load(d, "attacker", *attack)
+    try:
+        return _result(legit, seconds + 120), _result(attacker, seconds + 120)
+    finally:
+        for p in (legit, attacker):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _all_served(legit: dict, what: str) -> float:
+    """Every signed call answered with success; returns (and prints) the p95 latency."""
+    assert not legit["failures"], f"{what}: {len(legit['failures'])} failed: {legit['failures'][:5]}"
+    lat = sorted(legit["latencies"])
+    assert len(lat) == legit["sent"] >= 20, legit
+    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))]
+    print(f"{what}: {len(lat)} signed Fleet calls all served, p50 {lat[len(lat) // 2] * 1e3:.0f} ms, "
+          f"p95 {p95 * 1e3:.0f} ms, max {lat[-1] * 1e3:.0f} ms")  # fmt: skip
+    return p95
+
+
+PER_ADDRESS = FleetLimits().max_connections_per_address
+HEAD_S = FleetLimits().header_timeout_s
+
+
+def test_fleet_front_holds_300_idle_tls_connections(deployment) -> None:
+    """300 TLS connections that complete the handshake and send nothing (reopened as soon as
+    they are closed) used to take all 256 of uvicorn's slots: every site got 503."""
+    legit, attack = _under_attack(deployment, ["idle", "300", "25"], 25)
+    _all_served(legit, "300 idle TLS connections")
+    print(f"idle attacker: {attack}")
+    assert attack["max_open"] <= PER_ADDRESS, attack  # the per-address cap, before the handshake
+    assert attack["refused"] > 0 and attack["closed_by_server"] > 0, attack
+    assert attack["longest_s"] < HEAD_S + 5, attack  # fresh idle connections time out
+
+
+def test_fleet_front_holds_a_slow_trickle(deployment, tmp_path: Path) -> None:
+    """260 connections trickling a request head a byte a second, for 60 s; the four sites'
+    SuperNodes keep polling the SuperLink through it and are all still online after."""
+    d = deployment
+    legit, attack = _under_attack(d, ["trickle", "260", "60"], 60)
+    _all_served(legit, "260 slow-trickle connections")
+    print(f"trickle attacker: {attack}")
+    assert attack["max_open"] <= PER_ADDRESS and attack["longest_s"] < HEAD_S + 5, attack
+    res = _flwr(d, "link", "127.0.0.1:9091", "supernode", "list", "target", "--format", "json", home=tmp_path)
+    online = [n for n in json.loads(res.stdout)["nodes"] if n["status"] == "online"]
+    assert len(online) == 4, res.stdout + res.stderr
+    # refusals are logged once per address, reason and minute: no log flood
+    attacker_ip = d["link_ip"].rsplit(".", 1)[0] + ".30"
+    log = (d["group"].log_dir / "superlink.log").read_text(errors="replace")
+    lines = [line for line in log.splitlines() if f"refused {attacker_ip}" in line]
+    assert 0 < len(lines) <= 30, lines[-5:]
+
+
+def _tree_rss(root: int) -> dict[int, int]:
+    """RSS in bytes of `root` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    rss, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            rss[pid] = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        todo += children.get(pid, [])
+    return rss
+
+
+def test_unauthenticated_bodies_are_refused_unread(deployment) -> None:
+    """16 concurrent 63 MiB POSTs without node authentication (half chunked) used to grow
+    the proxy by 3.9 GB and the SuperLink by 1.3 GB; now each is answered 401 from its
+    headers and the server host's memory (proxy, SuperLink, SuperExec) stays put."""
+    d = deployment
+    root = next(m.proc.pid for m in d["group"].procs if m.name == "superlink")
+    before = sum(_tree_rss(root).values())
+    peak, stop = [before], threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.1):
+            peak.append(sum(_tree_rss(root).values()))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        legit, attack = _under_attack(d, ["flood", "16", "63"], 15)
+    finally:
+        stop.set()
+        sampler.join()
+    growth = (max(peak) - before) / 2**20
+    print(f"16 x 63 MiB unauthenticated POSTs: server host {before / 2**20:.0f} MiB before, "
+          f"peak growth {growth:.0f} MiB; attacker: {attack}")  # fmt: skip
+    _all_served(legit, "16 x 63 MiB unauthenticated POSTs")
+    assert set(attack["statuses"]) <= {"401", "no answer"} and attack["statuses"].get("401", 0) >= 8, attack
+    assert max(attack["sent_mib"]) < 32, attack  # bodies are not read (only what the sockets buffer)
+    assert growth < 256, f"server host memory grew {growth:.0f} MiB"
 
 
 def test_nothing_outlives_the_deployment(deployment) -> None:

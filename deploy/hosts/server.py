@@ -43,6 +43,7 @@ from deploy.hosts.checks import (
     sans_of,
     split_address,
 )
+from deploy.hosts.fleet_guard import FleetLimits
 from deploy.hosts.fleet_proxy import fleet_proxy_command
 from shared.config.experiment import ExperimentConfig
 from shared.errors import CredentialsError, DeploymentError
@@ -82,12 +83,22 @@ def start_superlink(
     port: int,
     control_port: int = CONTROL_PORT,
     app: Path | None = None,
+    fleet_limits: FleetLimits | None = None,
+    *,
+    open_control_api: bool = False,
 ) -> None:
     """Check, then run the SuperLink (never returns). Insecure (`credentials` None): one
     `flower-superlink` on host:port, for local experiments. Otherwise locked down: the
     SuperLink with TLS and node authentication on 127.0.0.1:`control_port`, its SuperExec
     (shared secret), the hub serving the signed app in `app`, and the Fleet proxy on
-    host:`port`, all ending together."""
+    host:`port` (with `fleet_limits`, default FleetLimits()), all ending together. With
+    credentials and no `app`, only when `open_control_api` says so: the plain SuperLink,
+    every API (Control included) on host:port."""
+    if credentials is not None and app is None and not open_control_api:
+        raise DeploymentError(
+            "a SuperLink with credentials is locked down only with the signed app: pass --app DIR, "
+            "or --unsafe-open-control-api to serve the Control API on the public port"
+        )
     check_superlink_inputs(credentials, state)
     state = Path(state).absolute()
     home = os.environ.get("FLWR_HOME", str(state / "flwr-home"))
@@ -101,8 +112,9 @@ def start_superlink(
         exec_readable(superlink_command(database, host, port, None), environ(FLWR_HOME=home))
     if app is None:
         print(
-            f"starting the SuperLink on {host}:{port}, TLS + SuperNode authentication (not locked "
-            f"down: pass --app DIR, the app signed by `deploy sign-app`, for that), state in {state}",
+            f"starting the SuperLink on {host}:{port}, TLS + SuperNode authentication, Control API "
+            f"OPEN on that port (--unsafe-open-control-api; --app DIR, the app signed by `deploy "
+            f"sign-app`, locks it down), state in {state}",
             flush=True,
         )
         exec_readable(superlink_command(database, host, port, Path(credentials)), environ(FLWR_HOME=home))
@@ -125,7 +137,9 @@ def start_superlink(
             environ(FLWR_HOME=home, FLWR_SUPERGRID_API_URL=hub_url),
         ),
         Child("superexec", superexec_command(link, lockdown.secret, c / CA_CERT), environ(FLWR_HOME=home)),
-        Child("fleet-proxy", fleet_proxy_command(host, port, control_port, c), environ()),
+        Child(
+            "fleet-proxy", fleet_proxy_command(host, port, control_port, c, database, fleet_limits), environ()
+        ),
     ]
     run_together(children)
 
