@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 from server.plot import plot_metrics
 from server.strategy import check_replies, global_evaluation, log_site_replies, make_strategy, site_of
 from server.threshold import calibrated_global
+from server.validation import Screen, flat_of, layout
 from shared.config.run import RunSettings
 from shared.errors import FederationError
 from shared.events import EventLog
@@ -66,6 +67,8 @@ class Federation:
         )
         if run.training.calibration == "youden":
             bias_key(self.reference)  # an architecture without a 2-class linear head: fail now
+        fed = run.federation
+        self.screen = Screen(layout(self.reference, fed.strategy == "fedbn"), fed.update_norm_multiple)
 
     def run_all(self) -> None:
         """FedAvg for num_rounds rounds (resuming if asked), then the fine-tune step."""
@@ -112,7 +115,7 @@ class Federation:
         run = self.run
         if offset >= run.federation.rounds:
             return state
-        strategy = make_strategy(run, self.events, offset)
+        strategy = make_strategy(run, self.events, offset, self.screen)
         config = ConfigRecord({"phase": "fedavg", "round-offset": offset})
 
         def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
@@ -156,7 +159,7 @@ class Federation:
         ]
         log.info("%s: fine-tuning at %d sites", run.arch, len(nodes))
         replies = self.grid.send_and_receive(messages, timeout=run.federation.round_timeout_s)
-        good = check_replies(replies, run, "finetune", self.events, rnd)
+        good = check_replies(replies, run, "finetune", self.events, rnd, self.screen, flat_of(arrays))
         log_site_replies(self.events, run, good, rnd, "site-finetune")
         last = self.store.last_round(run.arch)
         evaluation = global_evaluation(good)

@@ -27,6 +27,8 @@ STORE = Path("/tmp/store")
 # Settings whose other values their checks accept only with another setting.
 WITH = {
     "federation.proximal_mu": {"federation.strategy": "fedprox"},
+    "federation.trim_beta": {"federation.strategy": "fedtrimmedavg"},
+    "federation.malicious_sites": {"federation.strategy": "krum"},
     "training.adversarial.steps": {"training.adversarial.attack": "pgd"},
 }
 OWN = {"data.image_size": 96, "data.channels": 3, "data.workers": 0, "data.skip_unreadable": True, "seed": 8}
@@ -60,7 +62,7 @@ def others(tp: Any, value: Any) -> list[Any]:
     if tp is int:
         return [value + 1, value - 1] if value is not None else [2]
     if tp is float:
-        return [value / 2, value * 2] if value else [0.5]
+        return [value / 2, value * 2, value * 1.5] if value else [0.5]
     return [f"{value}x"]
 
 
@@ -132,7 +134,7 @@ def test_roundtrip_and_bad_values() -> None:
     assert "arch='densenet121'" in format_run_config(rc) and "resume=true" in format_run_config(rc)
     bad = [
         ({"lr": "fast"}, "key 'lr' must be a number"),
-        ({"strategy": "fedsgd"}, r"key 'strategy' must be one of \['fedavg', 'fedprox', 'fedbn'\]"),
+        ({"strategy": "fedsgd"}, r"key 'strategy' must be one of \['fedavg', 'fedprox', 'fedbn', 'fedmed"),
         ({"calibration": "platt"}, "key 'calibration' must be one of"),
         ({"optimizer": "adam"}, "key 'optimizer' must be one of"),
         ({"batchnorm": 1}, "key 'batchnorm' must be one of"),

@@ -97,3 +97,11 @@ def test_holm_adjustment_by_hand() -> None:
     adjusted = holm([0.2, math.nan, 0.6])  # NaN is no test: two tests, not three
     assert adjusted[0] == pytest.approx(0.4) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.6)
     assert holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def test_auc_of_non_finite_scores_is_nan_not_a_plausible_figure() -> None:
+    """NaN logits (a broken model) used to rank into an AUC of 0.71-1.0 by argsort's order."""
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    assert math.isnan(roc_auc(np.array([0.1, np.nan, 0.3, 0.9, 0.8, 0.2]), labels))
+    assert math.isnan(roc_auc(np.array([0.1, np.inf, 0.3, 0.9, 0.8, 0.2]), labels))
+    assert roc_auc(np.array([0.1, 0.7, 0.3, 0.9, 0.8, 0.2]), labels) == 1.0

@@ -67,6 +67,8 @@ def format_event(r: dict[str, Any]) -> str:
         )
     if e == "site-error":
         return f"[{a}] {r['stage']} round {r['round']}: ERROR {r['reason']}"
+    if e == "site-rejected":  # server.validation: the reply was not aggregated nor stored
+        return f"[{a}] {r['stage']} round {r['round']}: site {r['site']}'s reply REJECTED: {r['reason']}"
     if e == "run-failed":
         return f"[{a}] run FAILED: {r['reason']}"
     if e == "run-done":

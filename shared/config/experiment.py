@@ -21,6 +21,8 @@ from shared.config.typed import build, load_yaml, plain, set_dotted
 from shared.errors import ConfigError
 from shared.io import atomic_write
 
+TRIM_BETA = 0.25  # fedtrimmedavg's default cut: one reply off each end of four
+
 
 def check_arch_names(names: tuple[str, ...], key: str) -> None:
     """Every name must be a timm model name: a typo fails at config load, not in a site."""
@@ -45,15 +47,24 @@ class FederationConfig:
     # message (a ClientApp process start, weight transfers, polling) then overlaps.
     concurrent_runs: bool = True
     # fedavg; fedprox (Flower's FedProx, the proximal term in each site's loss); fedbn
-    # (BatchNorm parameters and statistics stay at each site, everything else is averaged).
-    strategy: Literal["fedavg", "fedprox", "fedbn"] = "fedavg"
+    # (BatchNorm parameters and statistics stay at each site, everything else is averaged);
+    # the robust aggregators, Flower's own: fedmedian (coordinate-wise median),
+    # fedtrimmedavg (coordinate-wise mean after cutting trim_beta of the replies off each
+    # end), krum (the one reply closest to its n - malicious_sites - 2 nearest).
+    strategy: Literal["fedavg", "fedprox", "fedbn", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg"
     proximal_mu: float = 0.0  # fedprox: weight of (mu / 2) * ||w - w_global||^2
+    trim_beta: float = TRIM_BETA  # fedtrimmedavg: share of the replies cut off each end
+    malicious_sites: int = 0  # krum: f, the sites its score allows to be malicious
+    # Every reply whose update (its weights minus the global sent) has an L2 norm above
+    # this multiple of the round's median update norm is rejected (server.validation).
+    update_norm_multiple: float = 10.0
 
     def __post_init__(self) -> None:
         if self.strategy == "fedprox" and self.proximal_mu <= 0:
             raise ValueError(f"proximal_mu: fedprox needs a weight > 0, got {self.proximal_mu}")
         if self.strategy != "fedprox" and self.proximal_mu != 0:
             raise ValueError(f"proximal_mu: only fedprox uses it (strategy is {self.strategy})")
+        self._check_robust()
         if not self.architectures:
             raise ValueError("architectures: give at least one timm model name")
         if len(set(self.architectures)) != len(self.architectures):
@@ -62,6 +73,32 @@ class FederationConfig:
             raise ValueError("rounds: must be >= 1")
         if not 1 <= self.min_sites <= len(SITES):
             raise ValueError(f"min_sites: must be in 1..{len(SITES)}")
+        if not self.update_norm_multiple >= 1:
+            raise ValueError(
+                f"update_norm_multiple: must be >= 1 (a multiple of the round's median update norm), "
+                f"got {self.update_norm_multiple}"
+            )
+
+    def _check_robust(self) -> None:
+        """The robust strategies' parameters: used by their strategy only, and able to do
+        something with the fewest replies a round aggregates (min_sites)."""
+        n, f, beta = self.min_sites, self.malicious_sites, self.trim_beta
+        if self.strategy != "fedtrimmedavg" and beta != TRIM_BETA:
+            raise ValueError(f"trim_beta: only fedtrimmedavg uses it (strategy is {self.strategy})")
+        if self.strategy != "krum" and f != 0:
+            raise ValueError(f"malicious_sites: only krum uses it (strategy is {self.strategy})")
+        if self.strategy == "fedtrimmedavg" and n < 3:
+            raise ValueError(f"min_sites: fedtrimmedavg cuts nothing off fewer than 3 replies, got {n}")
+        if self.strategy == "fedtrimmedavg" and not (0 <= beta < 0.5 and int(beta * n) >= 1):
+            raise ValueError(
+                f"trim_beta: {beta} must be below 0.5 and cut at least one of the {n} replies of a round "
+                f"(min_sites) off each end: use at least 1/{n}"
+            )
+        if f < 0 or (f > 0 and n - f - 2 < 1):
+            raise ValueError(
+                f"malicious_sites: Krum scores a reply by its n - f - 2 nearest others; with min_sites "
+                f"{n}, f must be in 0..{max(0, n - 3)}, got {f}"
+            )
 
 
 @dataclass(frozen=True)

@@ -66,8 +66,16 @@ class RunSettings:
             if a
             else ""
         )
-        mu = f" mu {fed.proximal_mu:g}" if fed.strategy == "fedprox" else ""
-        return {"strategy": fed.strategy + mu, "adversarial": adv, "calibration": self.training.calibration}
+        parameter = {
+            "fedprox": f" mu {fed.proximal_mu:g}",
+            "fedtrimmedavg": f" beta {fed.trim_beta:g}",
+            "krum": f" f {fed.malicious_sites}",
+        }.get(fed.strategy, "")
+        return {
+            "strategy": fed.strategy + parameter,
+            "adversarial": adv,
+            "calibration": self.training.calibration,
+        }
 
     @property
     def split_digests(self) -> dict[str, str]:

@@ -187,9 +187,10 @@ def margin(logits: np.ndarray) -> np.ndarray:
 
 
 def roc_auc(score: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tie correction); NaN with one class."""
+    """Area under the ROC curve (Mann-Whitney U with tie correction); NaN with one class,
+    and NaN when any score is not finite (a broken model must not rank into a plausible AUC)."""
     pos, neg = int((labels == 1).sum()), int((labels == 0).sum())
-    if pos == 0 or neg == 0:
+    if pos == 0 or neg == 0 or not np.isfinite(score).all():
         return math.nan
     order = np.argsort(score, kind="mergesort")
     ranks = np.empty(len(score), dtype=np.float64)

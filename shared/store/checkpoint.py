@@ -138,6 +138,21 @@ def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if not math.isnan(float(v))}
 
 
+def nonfinite_problem(state: dict[str, torch.Tensor]) -> str | None:
+    """What in a state dict is NaN or infinite ("3 tensors hold NaN or infinite values:
+    net.fc.weight (12 of 1,024), ..."), None when every value is finite."""
+    bad = {}
+    for k, v in state.items():
+        if v.dtype.is_floating_point:
+            n = int((~torch.isfinite(v)).sum())
+            if n:
+                bad[k] = f"{k[:80]} ({n:,} of {v.numel():,})"
+    if not bad:
+        return None
+    shown = ", ".join(list(bad.values())[:3]) + (", ..." if len(bad) > 3 else "")
+    return f"{len(bad)} tensor(s) hold NaN or infinite values: {shown}"
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -26,6 +26,7 @@ from shared.store.checkpoint import (
     describe,
     encode_state,
     finite_metrics,
+    nonfinite_problem,
     sha256_bytes,
 )
 
@@ -118,7 +119,14 @@ class CheckpointStore:
         atomic_write(self.manifest_path, json.dumps(manifest, indent=1), durable=True)
 
     def _write_file(self, file: str, state: dict[str, torch.Tensor], info: dict[str, Any]) -> tuple[str, int]:
-        """Write one checkpoint file carrying its own description; its sha256 and size."""
+        """Write one checkpoint file carrying its own description; its sha256 and size. A
+        model with a NaN or infinite value is refused: a store never holds a broken model."""
+        problem = nonfinite_problem(state)
+        if problem:
+            raise CheckpointError(
+                f"{self.root}: refusing to store {info.get('name', file)}: {problem}; a model that is "
+                "not finite is never written (see the run's site-rejected events)"
+            )
         data = encode_state(state, info)
         atomic_write(self.root / file, data, durable=True)
         return sha256_bytes(data), len(data)
@@ -244,7 +252,7 @@ class CheckpointStore:
         return [ModelEntry.from_json(d, str(self.manifest_path)) for d in self.read_manifest()["models"]]
 
     def load(self, file: str, sha256: str) -> dict[str, torch.Tensor]:
-        """Read, verify and parse one stored file."""
+        """Read, verify and parse one stored file; a model that is not finite is refused."""
         path = self.root / file
         try:
             data = path.read_bytes()
@@ -252,4 +260,8 @@ class CheckpointStore:
             raise CheckpointError(f"{path}: listed in the manifest but missing") from None
         except OSError as e:  # a folder, unreadable, ...
             raise CheckpointError(f"{path}: listed in the manifest but unreadable ({e.strerror})") from None
-        return decode_state(data, sha256, str(path))
+        state = decode_state(data, sha256, str(path))
+        problem = nonfinite_problem(state)
+        if problem:  # written by an older version, or by hand: never resumed from
+            raise CheckpointError(f"{path}: refusing a broken model: {problem}")
+        return state
