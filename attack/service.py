@@ -13,20 +13,22 @@ import torch
 from attack.measure.clean import clean_performance
 from attack.measure.core import AttackSet, Probe, Settings, SuiteRequest, Target, fit_mask
 from attack.measure.testsets import attack_set, check_split, load_test_sets
-from attack.measure.threats import check_threat_names, member_sources
+from attack.measure.threats import member_sources
 from attack.measure.transfer import measure
 from attack.methods.registry import build_attack, check_attack_names
+from attack.pull.download import MiB
 from attack.pull.fetch import StoreSnapshot, fetch_state, read_manifest, tls_context, wait_for_complete
 from attack.reports.provenance import provenance
 from attack.reports.records import RunMeta, Skipped
 from attack.reports.results import study_json
 from attack.reports.study import write_outputs
 from attack.reports.tables import Info
-from attack.suite import run_suite
+from attack.suite import check_suite, check_suite_data, run_suite
 from shared.config.experiment import ExperimentConfig
 from shared.errors import AttackError, CheckpointError
 from shared.ml.models import model_from_state
 from shared.ml.training import pick_device
+from shared.store.checkpoint import nonfinite_problem
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,9 @@ def load_models(snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path, skip_ba
                     f"the attack config uses {cfg.data.image_size} px x {cfg.data.channels} ch"
                 )
             state = fetch_state(snap, entry, cache)
+            broken = nonfinite_problem(state)
+            if broken:
+                raise CheckpointError(f"refusing {entry.name}: {broken}; the store holds a broken model")
             model = model_from_state(entry.arch, entry.input, state).eval()
             targets.append(Target(entry.name, entry.arch, entry.kind, entry.site, model))
             hashes[entry.name] = entry.sha256
@@ -75,9 +80,27 @@ def settings_for(cfg: ExperimentConfig) -> Settings:
     )
 
 
+def check_request(
+    cfg: ExperimentConfig,
+    suite: SuiteRequest | None,
+    root_certificates: Path | None = None,
+    client: tuple[Path, Path] | None = None,
+) -> None:
+    """Every setting that needs no data, before any folder is made or compute spent: the
+    study's attack, the suite's attacks, threats and sweep, the precision on this device,
+    the TLS files for an https:// store."""
+    check_attack_names([cfg.attack.name])
+    if suite is not None:
+        check_suite(cfg, suite)
+    if cfg.attack.precision == "bfloat16" and pick_device().type != "cuda":
+        raise AttackError("attack.precision bfloat16 needs a CUDA device; use float32 on the CPU")
+    tls_context(root_certificates, *(client or (None, None)))
+
+
 def check_fit_split(suite: SuiteRequest, cfg: ExperimentConfig, data: AttackSet) -> None:
     """Universal attacks need images to fit on: refuse before any model is loaded."""
-    universal = [a for a in suite.attacks if build_attack(a, cfg.attack.eps, cfg.attack).universal]
+    names = dict.fromkeys(suite.attacks + suite.sweep_attacks)
+    universal = [a for a in names if build_attack(a, cfg.attack.eps, cfg.attack).universal]
     if universal and not bool(fit_mask(data.ids, cfg.attack.universal.fit_fraction, cfg.seed).any()):
         raise AttackError(
             f"{', '.join(universal)}: attack.universal.fit_fraction {cfg.attack.universal.fit_fraction} "
@@ -87,12 +110,16 @@ def check_fit_split(suite: SuiteRequest, cfg: ExperimentConfig, data: AttackSet)
 
 
 def snapshot(
-    store: str, watch: bool, root_certificates: Path | None, client: tuple[Path, Path] | None = None
+    store: str,
+    watch: bool,
+    root_certificates: Path | None,
+    client: tuple[Path, Path] | None = None,
+    max_file_bytes: int = 512 * MiB,
 ) -> StoreSnapshot:
     context = tls_context(root_certificates, *(client or (None, None)))
     if watch:
-        return wait_for_complete(store, context=context)
-    snap = read_manifest(store, context)
+        return wait_for_complete(store, context=context, max_file_bytes=max_file_bytes)
+    snap = read_manifest(store, context, max_file_bytes=max_file_bytes)
     if not snap.manifest["complete"]:
         raise CheckpointError(
             f"{store}: the checkpoint store is incomplete (federation still running or failed); "
@@ -115,16 +142,15 @@ def run_attack(
     """The whole job; returns the report path. `root_certificates`: the CA that an
     https:// store's certificate must chain to (default: the system's CAs);
     `client_certificate`: (certificate, key) the attack host presents to such a store."""
-    check_attack_names([cfg.attack.name])
-    if suite is not None:
-        check_attack_names(suite.attacks + suite.sweep_attacks)
-        check_threat_names(suite.threats)
+    check_request(cfg, suite, root_certificates, client_certificate)
     s = settings_for(cfg)
     test, digests = load_test_sets(cfg)
     data = attack_set(test, cfg.attack.max_images_per_dataset)
     if suite is not None:
         check_fit_split(suite, cfg, attack_set(test, cfg.attack.suite.max_images_per_dataset))
-    snap = snapshot(store, watch, root_certificates, client_certificate)
+        check_suite_data(cfg, suite)
+    max_file = cfg.attack.max_file_mib * MiB
+    snap = snapshot(store, watch, root_certificates, client_certificate, max_file)
     split = check_split(snap.manifest.get("split"), digests, store)
     loaded = load_models(snap, cfg, out / ".checkpoints", skip_bad)
     torch.manual_seed(cfg.seed)

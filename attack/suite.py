@@ -21,9 +21,9 @@ from attack.measure.core import (
     on_device,
 )
 from attack.measure.outsider import train_outsiders
-from attack.measure.threats import insider_sources, member_sources, outsider_sources
+from attack.measure.threats import check_threat_names, insider_sources, member_sources, outsider_sources
 from attack.measure.transfer import measure
-from attack.methods.registry import build_attack
+from attack.methods.registry import build_attack, check_attack_names
 from attack.reports.heatmap import heatmap_png
 from attack.reports.provenance import Provenance
 from attack.reports.records import Ensemble, SuiteMeta, SuiteRow
@@ -32,9 +32,42 @@ from attack.reports.study import matrix_csv
 from attack.reports.suite import suite_md, sweep_png
 from attack.reports.tables import Info, by_target_group, over_control
 from shared.config.experiment import ExperimentConfig
+from shared.data.manifest import public_manifest_path
+from shared.errors import AttackError
 from shared.io import atomic_write
 
 log = logging.getLogger(__name__)
+_NO_PUBLIC = (
+    "the outsider threat trains its surrogates on the public split: set data.split.public_fraction "
+    "(e.g. 0.15) and re-split, or leave 'outsider' out (attack.suite.threats, or --threat member,insider)"
+)
+
+
+def check_suite(cfg: ExperimentConfig, req: SuiteRequest) -> None:
+    """Every suite setting that needs no data, before any folder is made or compute spent:
+    the attack and threat names, something to measure, the outsider's public split in the
+    config."""
+    check_attack_names(req.attacks + req.sweep_attacks)
+    check_threat_names(req.threats)
+    if not req.threats:
+        raise AttackError("the suite has no threat model (attack.suite.threats, --threat): name at least one")
+    if not req.attacks and not (req.sweep_attacks and req.sweep_eps):
+        raise AttackError(
+            "the suite has nothing to measure: attack.suite.attacks (--attack) is empty and so is the "
+            "eps sweep (attack.suite.sweep_attacks x sweep_eps, --eps)"
+        )
+    if "outsider" in req.threats and cfg.data.split.public_fraction == 0:
+        raise AttackError(f"data.split.public_fraction is 0: {_NO_PUBLIC}")
+
+
+def check_suite_data(cfg: ExperimentConfig, req: SuiteRequest) -> None:
+    """Once the splits exist (before any model is loaded): the public split's files."""
+    if "outsider" not in req.threats:
+        return
+    for name in cfg.data.datasets:
+        path = public_manifest_path(cfg.splits_dir, name)
+        if not path.is_file():
+            raise AttackError(f"{path}: no public split; {_NO_PUBLIC}")
 
 
 def sources_for(

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
+import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from cli.deploy import add_deploy_commands
 from pipeline.study import run_study
 from shared.errors import FedAttackError
-from shared.io import ensure_writable_dir
+from shared.io import DISK_FULL, disk_full, ensure_writable_dir
 from shared.logs import setup_logging
 
 log = logging.getLogger("fedattack")
@@ -73,27 +77,45 @@ def _federate(args: argparse.Namespace) -> int:
 
 def _csv(text: str, flag: str, kind: type = str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
+    what = "numbers" if kind is float else "names"
+    if not items:
+        raise FedAttackError(f"{flag} {text!r}: names nothing; expected a comma-separated list of {what}")
     try:
         return [kind(t) for t in items]
     except ValueError:
-        raise FedAttackError(f"{flag} {text!r}: expected a comma-separated list of numbers") from None
+        raise FedAttackError(f"{flag} {text!r}: expected a comma-separated list of {what}") from None
 
 
 def suite_overrides(args: argparse.Namespace) -> dict:
     """--attack/--threat/--eps as config overrides (validated with the config's own keys)."""
     o: dict = {}
-    if args.attack:
+    if args.attack is not None:
         o["attack.suite.attacks"] = o["attack.suite.sweep_attacks"] = _csv(args.attack, "--attack")
-    if args.threat:
+    if args.threat is not None:
         o["attack.suite.threats"] = _csv(args.threat, "--threat")
-    if args.eps:
+    if args.eps is not None:
         o["attack.suite.sweep_eps"] = _csv(args.eps, "--eps", float)
     return o
 
 
+@contextlib.contextmanager
+def _fresh_dir(path: Path, what: str) -> Iterator[Path]:
+    """ensure_writable_dir, and on any failure the folders it made removed again while they
+    are still empty: a refusal leaves no empty output folder behind."""
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    ensure_writable_dir(path, what)
+    try:
+        yield path
+    except BaseException:
+        for p in made:  # the deepest first
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        raise
+
+
 def _attack(args: argparse.Namespace) -> int:
     from attack.measure.core import SuiteRequest
-    from attack.service import run_attack
+    from attack.service import check_request, run_attack
     from shared.config.experiment import load_config
 
     extra = suite_overrides(args)
@@ -106,17 +128,18 @@ def _attack(args: argparse.Namespace) -> int:
         )
     client = (Path(args.client_cert), Path(args.client_key)) if args.client_cert else None
     suite = SuiteRequest.from_config(cfg) if (args.suite or extra) else None
-    ensure_writable_dir(out, "attack's output folder (--out)")
-    report = run_attack(
-        cfg,
-        args.checkpoints or str(cfg.store_dir),
-        out,
-        args.skip_bad,
-        args.watch,
-        root_certificates=ca,
-        suite=suite,
-        client_certificate=client,
-    )
+    check_request(cfg, suite, ca, client)  # before any folder is made
+    with _fresh_dir(out, "attack's output folder (--out)"):
+        report = run_attack(
+            cfg,
+            args.checkpoints or str(cfg.store_dir),
+            out,
+            args.skip_bad,
+            args.watch,
+            root_certificates=ca,
+            suite=suite,
+            client_certificate=client,
+        )
     print(report.read_text())
     print(f"report: {report}")
     if suite is not None:
@@ -235,6 +258,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_OS_HINTS = {
+    errno.EACCES: "this user (uid {uid}) may not use it: check its owner and mode (in a container: the "
+    "volume or tmpfs mounted there)",
+    errno.EPERM: "this user (uid {uid}) may not use it: check its owner and mode",
+    errno.EROFS: "it is on a read-only filesystem: write under a mounted volume instead",
+    errno.ENOENT: "it does not exist: check the path",
+}
+
+
+def os_error(e: OSError) -> str:
+    """`path: reason: what to do` for an OSError that carries a file name."""
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+    hint = _OS_HINTS.get(e.errno or 0, "")
+    return f"{where}: {e.strerror or e}" + (f"; {hint.format(uid=os.getuid())}" if hint else "")
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through `with` blocks: children get stopped
 
@@ -247,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FedAttackError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file operation the typed errors do not wrap: one line naming it
+        if e.errno in DISK_FULL:
+            print(f"error: {disk_full(e)}", file=sys.stderr)
+            return 2
+        if e.filename is None:
+            raise
+        print(f"error: {os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

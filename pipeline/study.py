@@ -85,16 +85,16 @@ def _attacked_already(cfg: ExperimentConfig, attack: str, threat: str) -> bool:
 
 
 def run_study(config: Path, out: str | None) -> Path:
-    from attack.measure.threats import check_threat_names
-    from attack.methods.registry import check_attack_names
+    from attack.measure.core import SuiteRequest
     from attack.reports.summary import StudyMeta
     from attack.reports.variants import variant_summary, write_study
+    from attack.suite import check_suite
 
     base, cfgs = variant_configs(config, out)
     study = base.study
     assert study is not None
-    check_attack_names(study.attacks)
-    check_threat_names(study.threats)
+    for cfg in cfgs.values():  # every suite setting of every variant, before any training
+        check_suite(cfg, SuiteRequest(study.attacks, study.threats, (), (), base.output_dir / "outsider"))
     ensure_writable_dir(base.output_dir, "study output folder (output_dir, or --out)")
     results: dict[str, VariantSummary | str] = {}
     for i, (name, cfg) in enumerate(cfgs.items(), 1):

@@ -2,12 +2,14 @@
 
 Every output of the project (checkpoints, manifests, caches, reports, credentials) goes
 through here: write a temporary file beside the target, flush it, rename it over the
-target; on any failure the temporary file is removed and the target is untouched.
+target; on any failure the temporary file is removed and the target is untouched. A full
+disk (or quota, or file-size limit) is an OutputError that names the file being written.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,18 +17,37 @@ from pathlib import Path
 
 from shared.errors import OutputError
 
+# what a write fails with when the disk (or the user's quota, or a file-size limit) is full
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def disk_full(e: OSError, path: Path | str | None = None) -> OutputError:
+    """The error a write that found no room ends in: the file it was writing and what to free."""
+    where = path if path is not None else e.filename
+    what = f"{where}: cannot write it" if where is not None else "a write failed"
+    folder = f" ({Path(where).parent})" if where is not None else ""
+    return OutputError(
+        f"{what} ({e.strerror}): free space on the disk that holds it{folder}, or point the output "
+        "at a disk with room, then run again"
+    )
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path, suffix: str = "") -> Iterator[Path]:
     """A temporary path beside `path` to write to (by any library); renamed over `path`
-    when the block succeeds, removed when it fails. `suffix` keeps an extension some
-    writers need (matplotlib picks the format from it)."""
+    when the block succeeds, removed when it fails (a full disk: an OutputError naming
+    `path`). `suffix` keeps an extension some writers need (matplotlib picks the format
+    from it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         tmp.replace(path)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise disk_full(e, path) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tracemalloc
 import zlib
@@ -16,14 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_file_meta_info
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
+from cli.main import build_parser
 from shared.config.experiment import load_config
 from shared.data.images import read_dicom, read_image
-from shared.errors import ConfigError, ImageReadError
+from shared.errors import ConfigError, FedAttackError, ImageReadError
 from tests.cli_helpers import fedattack, refused
 from tests.conftest import write_config
 from tests.test_readers import _raw_dicom
@@ -96,6 +99,62 @@ def test_a_deflated_dicom_declaring_12000_squared_is_refused_without_inflating_i
         tracemalloc.stop()
     assert peak < 16 << 20, peak
     assert read_dicom(deflated_dicom(tmp_path / "ok.dcm", 64, 64, 64 * 64 * 2)).shape == (64, 64)
+
+
+def pydicom_deflated(path: Path, side: int, padding: bytes) -> Path:
+    """A DICOM that pydicom itself writes in Deflated Explicit VR Little Endian (it pads the
+    deflated stream to an even length), with `padding` appended after the stream."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = f"1.2.3.{side}.{len(padding)}"
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "CR", 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = side
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = (np.arange(side * side) % 251).astype(np.uint8).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("ab") as fh:
+        fh.write(padding)
+    return path
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block (pure Python loops included) after `seconds`."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still running after {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.unit
+def test_a_deflated_dicom_with_trailing_padding_decodes_in_bounded_time(tmp_path: Path) -> None:
+    """Past the end of the deflate stream zlib hands the trailing bytes back as unconsumed
+    input on every call: the header check looped on them forever at 100% CPU."""
+    padded_by_pydicom = 0
+    for side in (64, 255, 256, 300, 513):
+        for padding in (b"", b"\0", b"\0" * 4096, b"\xff" * 70_000):
+            path = pydicom_deflated(tmp_path / f"d{side}-{len(padding)}.dcm", side, padding)
+            start = 128 + 4 + 12 + int(read_file_meta_info(path).FileMetaInformationGroupLength)
+            z = zlib.decompressobj(-zlib.MAX_WBITS)
+            z.decompress(path.read_bytes()[start:])
+            assert z.eof and len(z.unused_data) >= len(padding)
+            padded_by_pydicom += not padding and bool(z.unused_data)
+            with time_limit(10):
+                img = read_dicom(path)
+            assert img.shape == (side, side)
+            expected = (np.arange(side * side) % 251).reshape(side, side) / 255
+            np.testing.assert_allclose(img, expected, atol=1e-6)
+    assert padded_by_pydicom  # pydicom's own pad byte, not only ours
 
 
 @pytest.mark.unit
@@ -236,3 +295,93 @@ def test_an_empty_or_malformed_san(tmp_path: Path, san: str) -> None:
     refused(fedattack("deploy", "credentials", "--out", str(tmp_path / "c"), "--san", san), f"--san {san!r}")
     with contextlib.suppress(FileNotFoundError):
         assert list((tmp_path / "c").iterdir()) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real filesystem with no room left: a 256 KiB tmpfs filled up (as root; skipped
+    where mount is not permitted)."""
+    d = tmp_path / "full"
+    d.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr!r}")
+    try:
+        fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):
+            while os.write(fd, bytes(4096)):
+                pass
+        os.close(fd)
+        yield d
+    finally:
+        subprocess.run(["umount", str(d)], check=False)
+
+
+@pytest.mark.integration
+def test_a_full_disk_names_the_file_and_what_to_free(full_disk: Path) -> None:
+    """ENOSPC from a real full filesystem: the store writer and the CLI (one `error:` line)
+    name the file being written and say to free space, and leave no temporary file."""
+    from shared.errors import OutputError
+    from shared.store.folder import CheckpointStore
+
+    store = CheckpointStore(full_disk / "checkpoints")
+    with pytest.raises(OutputError) as e:
+        store.begin("study-1", resume=False)
+    assert str(e.value).startswith(f"{store.manifest_path}: cannot write it (No space left on device)")
+    assert "free space on the disk that holds it" in str(e.value)
+    assert sorted(p.name for p in store.root.iterdir()) == [".lock"]  # no .manifest.json.tmp*
+    out = full_disk / "credentials"
+    last = refused(fedattack("deploy", "credentials", "--out", str(out), "--san", "fl.example"))
+    assert last.startswith(f"error: {out}/") and "cannot write it (No space left on device)" in last
+    assert "free space on the disk that holds it" in last
+
+
+def _attack_cli(cfg: Path, out: Path, store: Path, *extra: str) -> None:
+    """`fedattack attack ...` as the command line runs it, in this process (what main()
+    adds around it: printing the error and the exit code)."""
+    args = build_parser().parse_args(
+        ["attack", "--config", str(cfg), "--out", str(out), "--checkpoints", str(store), *extra]
+    )
+    args.func(args)
+
+
+@pytest.mark.unit
+def test_attack_settings_are_checked_before_any_compute_or_folder(tmp_path: Path, synth_dir: Path) -> None:
+    """Each refusal comes before any data is read (no FGSM study first: the outsider without
+    a public split failed after 41 s of it) and leaves no output folder: an unknown attack,
+    an empty list, the outsider without a public split; and a refusal found later (no store
+    at all, after the test sets are read) leaves no empty folder either."""
+    cfg = write_config(tmp_path / "cfg.yaml", synth_dir, tmp_path / "run")
+    out, store = tmp_path / "attack-out", tmp_path / "none"
+    cases = [
+        (["--attack", "nope"], "unknown attack 'nope'"),
+        (["--eps", ","], "--eps ',': names nothing; expected a comma-separated list of numbers"),
+        (["--attack", ""], "--attack '': names nothing"),
+        (["--attack", "fgsm"], "data.split.public_fraction is 0: the outsider threat trains"),
+        (["--threat", "outsider", "--attack", "fgsm"], "or --threat member,insider"),
+    ]
+    for extra, needle in cases:
+        with pytest.raises(FedAttackError) as e:
+            _attack_cli(cfg, out, store, *extra)
+        assert needle in str(e.value) and "\n" not in str(e.value)
+        assert not out.exists() and not (tmp_path / "run").exists(), extra  # nothing read or made
+    with pytest.raises(FedAttackError, match=str(store)):
+        _attack_cli(cfg, out, store, "--threat", "member")
+    assert (tmp_path / "run").is_dir() and not out.exists()
+
+
+@pytest.mark.unit
+def test_a_file_error_without_a_typed_wrapper_is_one_line_naming_the_file() -> None:
+    """What the CLI prints for an OSError that reaches it (a container whose home is not
+    writable gave a traceback): the file, the reason, what to do."""
+    import errno
+
+    from cli.main import os_error
+
+    denied = os_error(PermissionError(errno.EACCES, "Permission denied", "/home/fedattack/.flwr"))
+    assert denied.startswith("/home/fedattack/.flwr: Permission denied; this user (uid ")
+    assert "volume or tmpfs" in denied and "\n" not in denied
+    assert "read-only filesystem" in os_error(OSError(errno.EROFS, "Read-only file system", "/app/x"))
+    assert os_error(OSError(errno.EXDEV, "Invalid cross-device link", "/a", None, "/b")) == (
+        "/a -> /b: Invalid cross-device link"
+    )

@@ -62,10 +62,13 @@ def test_credentials_files_modes_and_sans(creds: Path, tmp_path: Path) -> None:
     assert again.site_keys["A"].read_bytes() == before  # a re-run keeps registered keys
 
 
-def _superlink(creds: Path, tmp: Path) -> subprocess.CompletedProcess:
+def _superlink(creds: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess:
+    """The locked-down SuperLink (its signed app, never built here: the checks of the
+    credentials come first)."""
     return fedattack(
-        "deploy", "superlink", "--credentials", str(creds), "--state", str(tmp / "state"), "--port", "1"
-    )
+        "deploy", "superlink", "--credentials", str(creds), "--state", str(tmp / "state"), "--port", "1",
+        *(extra or ("--app", str(tmp / "app"))),
+    )  # fmt: skip
 
 
 def _copy(creds: Path, tmp: Path) -> Path:
@@ -108,6 +111,30 @@ def test_superlink_certificate_without_loopback(creds: Path, tmp_path: Path) -> 
 
 def test_superlink_needs_tls_or_explicit_insecure(tmp_path: Path) -> None:
     refused(fedattack("deploy", "superlink", "--state", str(tmp_path)), "--insecure")
+
+
+def test_superlink_with_credentials_is_locked_down_unless_told_otherwise(creds: Path, tmp_path: Path) -> None:
+    """Without the signed app it would serve Flower's Control API on the public port (a host
+    holding only ca.crt registered its own SuperNode key): refused, in one line saying what
+    to pass, before anything starts; --unsafe-open-control-api is the explicit way there."""
+    from cli.main import build_parser
+    from deploy.hosts.server import start_superlink
+    from shared.errors import CredentialsError, DeploymentError
+
+    res = _superlink(creds, tmp_path, "--host", "127.0.0.1")  # no --app
+    refused(res, "refusing to serve Flower's Control API on the public port", "--app DIR")
+    assert "--unsafe-open-control-api" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "state").exists()
+    with pytest.raises(DeploymentError, match="--unsafe-open-control-api"):  # the function alike
+        start_superlink(creds, tmp_path / "state", "127.0.0.1", 1)
+    # the flag passes the refusal (in this process: the start-up checks that follow it still
+    # apply, and stop it before anything is started)
+    c = _copy(creds, tmp_path)
+    (c / "server.crt").unlink()
+    argv = ["deploy", "superlink", "--credentials", str(c), "--state", str(tmp_path / "state")]
+    args = build_parser().parse_args([*argv, "--port", "1", "--unsafe-open-control-api"])
+    with pytest.raises(CredentialsError, match=r"server\.crt: certificate file not found"):
+        args.func(args)
 
 
 def _supernode(

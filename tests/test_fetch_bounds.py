@@ -283,3 +283,117 @@ def test_plain_http_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> No
             assert len(warned) == 1
     finally:
         next(gen, None)
+
+
+@pytest.mark.unit
+def test_a_declared_size_over_the_cap_is_refused_before_any_download(tmp_path: Path) -> None:
+    """1.1 GB declared: refused by name, size and setting, before anything is fetched (the
+    store holds no such file at all); the cap is the setting's."""
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/declared/manifest.json", manifest_json(size=1_100_000_000))
+    snap = read_manifest("memory://declared")
+    with pytest.raises(CheckpointError) as e:
+        fetch_state(snap, snap.models[0], tmp_path / "cache")
+    message = str(e.value)
+    assert "memory://declared/m.safetensors" in message and "declares 1100000000 bytes" in message
+    assert "attack.max_file_mib (512 MiB)" in message and "raise attack.max_file_mib" in message
+    assert not (tmp_path / "cache").exists()
+    fs.pipe("/declared/manifest.json", manifest_json(size=2000))
+    small = read_manifest("memory://declared", max_file_bytes=1000)
+    with pytest.raises(CheckpointError, match=r"declares 2000 bytes, more than attack.max_file_mib"):
+        fetch_state(small, small.models[0], tmp_path / "cache")
+
+
+def short_body(promise: bool) -> Callable[[http.server.BaseHTTPRequestHandler], None]:
+    """A manifest recording 1000 bytes, and the file cut off after 500 of them, with or
+    without a Content-Length that promised 1000."""
+
+    def body(h: http.server.BaseHTTPRequestHandler) -> None:
+        if h.path == "/manifest.json":
+            return _send_manifest(h)
+        h.send_response(200)
+        if promise:
+            h.send_header("Content-Length", "1000")
+        h.send_header("Connection", "close")
+        h.end_headers()
+        h.wfile.write(b"x" * 500)
+        h.wfile.flush()
+        h.close_connection = True
+
+    return body
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("promise", [True, False], ids=["content-length", "no-length"])
+def test_a_download_cut_short_is_reported_as_incomplete(promise: bool, tmp_path: Path) -> None:
+    gen = serve(short_body(promise))
+    url = next(gen)
+    try:
+        snap = read_manifest(url)
+        with pytest.raises(CheckpointError) as e:
+            fetch_state(snap, snap.models[0], tmp_path / "cache")
+    finally:
+        next(gen, None)
+    assert f"{url}/m.safetensors: incomplete download: received 500 of 1000 bytes" in str(e.value)
+    assert "altered or corrupted" not in str(e.value)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+LARGE = 400 * MiB
+PEAK_GROWTH_BOUND = 64 * MiB
+
+LARGE_FETCH = """
+import resource, sys
+from pathlib import Path
+from attack.pull.fetch import fetch_state, read_manifest
+from shared.errors import CheckpointError
+snap = read_manifest(sys.argv[1])
+status = Path("/proc/self/status").read_text()  # the resident set now, not the peak so far
+now = int(status.split("VmRSS:")[1].split()[0])
+try:
+    fetch_state(snap, snap.models[0], Path(sys.argv[2]))
+except CheckpointError as e:
+    print("refused:", e)
+print("growth", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - now) * 1024)
+"""
+
+
+def large_body(h: http.server.BaseHTTPRequestHandler) -> None:
+    """A manifest recording 400 MiB (under the cap) whose file is 400 MiB generated on the
+    fly, not the bytes its hash names."""
+    if h.path == "/manifest.json":
+        data = manifest_json(size=LARGE)
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+        return
+    h.send_response(200)
+    h.send_header("Content-Length", str(LARGE))
+    h.end_headers()
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    for _ in range(LARGE // len(chunk)):
+        h.wfile.write(chunk)
+
+
+@pytest.mark.integration
+def test_a_large_file_is_hashed_while_it_streams_to_disk(tmp_path: Path) -> None:
+    """400 MiB served: the attack process's peak memory grows by less than 64 MiB (before:
+    the whole file was read back to hash it, ~+400 MiB), and the file is refused by its hash."""
+    gen = serve(large_body)
+    url = next(gen)
+    try:
+        res = subprocess.run(
+            [sys.executable, "-c", LARGE_FETCH, url, str(tmp_path / "cache")],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=300,
+        )
+    finally:
+        next(gen, None)
+    assert res.returncode == 0, res.stderr
+    assert "refused:" in res.stdout and "sha256 mismatch" in res.stdout, res.stdout + res.stderr
+    growth = int(res.stdout.rsplit("growth", 1)[1])
+    assert growth < PEAK_GROWTH_BOUND, f"peak RSS grew by {growth / MiB:.0f} MiB"
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -49,6 +49,15 @@ def test_bad_variants_are_refused_before_any_training(tmp_path: Path, variants, 
     assert not (tmp_path / "run" / "variants").exists()
 
 
+@pytest.mark.integration
+def test_an_outsider_without_a_public_split_is_refused_before_any_training(tmp_path: Path) -> None:
+    """The suite's own checks run for every variant before the first federation (they used
+    to run only after a variant had trained)."""
+    cfg = _study_config(tmp_path, tmp_path / "no-data", [{"name": "a"}], threats=["member", "outsider"])
+    refused(fedattack("study", "--config", str(cfg)), "public_fraction is 0")
+    assert not (tmp_path / "run" / "variants").exists()
+
+
 @pytest.mark.unit
 def test_report_words_survive_figures_without_an_interval() -> None:
     """One source pair, or an outsider with a single usable surrogate: no interval, no p."""

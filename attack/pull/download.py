@@ -37,9 +37,18 @@ class Limits:
     size_rule: str  # says where max_bytes comes from, for messages
     time_rule: str  # says where the deadline comes from, for messages
     idle_s: float = IDLE_TIMEOUT_S
+    expected: int | None = None  # the size the other side said it would send, where known
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    def incomplete(self, where: str, got: int, why: str, expected: int | None = None) -> CheckpointError:
+        size = expected if expected is not None else self.expected
+        of = f" of {size}" if size is not None else ""
+        return CheckpointError(
+            f"{where}: incomplete download: received {got}{of} bytes ({why}); check the store "
+            "and the network, then run again"
+        )
 
     def too_big(self, where: str, got: int) -> CheckpointError:
         return CheckpointError(
@@ -65,18 +74,22 @@ def join(location: str, name: str) -> str:
     return location.rstrip("/") + "/" + name if is_url(location) else str(Path(location) / name)
 
 
-def stream(location: str, name: str, sink: Sink, limits: Limits, context: ssl.SSLContext | None) -> None:
-    """Pass the bytes of `name` in the store at `location` to `sink`, within `limits`."""
+def stream(
+    location: str, name: str, sink: Sink, limits: Limits, context: ssl.SSLContext | None
+) -> int | None:
+    """Pass the bytes of `name` in the store at `location` to `sink`, within `limits`;
+    return the size the source announced and then delivered in full (the file's size, a
+    Content-Length), or None where it announced none. A transfer that delivers less than it
+    announced is an incomplete download."""
     where = join(location, name)
     if not is_url(location):
-        _local(Path(where), sink, limits)
-    elif location.startswith(("http://", "https://")):
-        _http(where, sink, limits, context)
-    else:
-        _fsspec(where, sink, limits)
+        return _local(Path(where), sink, limits)
+    if location.startswith(("http://", "https://")):
+        return _http(where, sink, limits, context)
+    return _fsspec(where, sink, limits)
 
 
-def _local(path: Path, sink: Sink, limits: Limits) -> None:
+def _local(path: Path, sink: Sink, limits: Limits) -> int:
     try:
         fh = path.open("rb")
     except FileNotFoundError:
@@ -91,7 +104,13 @@ def _local(path: Path, sink: Sink, limits: Limits) -> None:
             raise CheckpointError(f"{path}: not a regular file (a device, a pipe, ...): refusing it")
         if st.st_size > limits.max_bytes:
             raise limits.too_big(str(path), st.st_size)
-        _pump(lambda: fh.read(CHUNK), sink, limits, str(path))
+        try:
+            got = _pump(lambda: fh.read(CHUNK), sink, limits, str(path))
+        except _BrokenOff as e:
+            raise CheckpointError(f"{path}: cannot read it after {e.got} bytes ({e.cause})") from None
+        if got != st.st_size:
+            raise limits.incomplete(str(path), got, "the file changed while it was read", st.st_size)
+        return got
 
 
 def _pump(
@@ -104,7 +123,10 @@ def _pump(
     """Read chunks until EOF, checking the cap and the deadline after each one."""
     got = 0
     while True:
-        chunk = read()
+        try:
+            chunk = read()
+        except (OSError, http.client.HTTPException) as e:
+            raise _BrokenOff(got, e) from None
         if not chunk or (cancelled is not None and cancelled.is_set()):
             return got
         got += len(chunk)
@@ -113,6 +135,14 @@ def _pump(
         if limits.remaining() <= 0:
             raise limits.too_slow(where, got)
         sink(chunk)
+
+
+class _BrokenOff(Exception):
+    """A read failed after `got` bytes (the connection reset, a chunk cut short)."""
+
+    def __init__(self, got: int, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.got, self.cause = got, cause
 
 
 class _Cutter:
@@ -131,7 +161,7 @@ class _Cutter:
                 socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
 
 
-def _http(url: str, sink: Sink, limits: Limits, context: ssl.SSLContext | None) -> None:
+def _http(url: str, sink: Sink, limits: Limits, context: ssl.SSLContext | None) -> int | None:
     parts = urllib.parse.urlsplit(url)
     timeout = max(0.1, min(limits.idle_s, limits.remaining()))
     conn: http.client.HTTPConnection
@@ -168,26 +198,32 @@ def _http(url: str, sink: Sink, limits: Limits, context: ssl.SSLContext | None) 
         if resp.status != 200:
             hint = "; redirects are not followed: give the store's final address" if resp.status < 400 else ""
             raise CheckpointError(f"{url}: HTTP {resp.status} {resp.reason}{hint}")
-        length = resp.getheader("Content-Length")
-        if length is not None and length.isdigit() and int(length) > limits.max_bytes:
-            raise limits.too_big(url, int(length))
+        header = resp.getheader("Content-Length")
+        length = int(header) if header is not None and header.isdigit() else None
+        if length is not None and length > limits.max_bytes:
+            raise limits.too_big(url, length)
         try:
             got = _pump(lambda: resp.read1(CHUNK), sink, limits, url)
-        except (OSError, http.client.HTTPException) as e:
+        except _BrokenOff as e:
             if cutter.fired.is_set():
-                raise limits.too_slow(url, got) from None
-            raise CheckpointError(f"{url}: the transfer broke off ({e})") from None
+                raise limits.too_slow(url, e.got) from None
+            raise limits.incomplete(url, e.got, f"the transfer broke off: {e.cause}", length) from None
         if cutter.fired.is_set():
             raise limits.too_slow(url, got)
+        if length is not None and got < length:
+            raise limits.incomplete(url, got, "the server closed the connection early", length)
+        return length
     finally:
         cutter.timer.cancel()
         conn.close()
 
 
-def _fsspec(url: str, sink: Sink, limits: Limits) -> None:
+def _fsspec(url: str, sink: Sink, limits: Limits) -> int | None:
     """Through fsspec, in a worker thread: a backend's blocking call cannot be interrupted,
     but we stop waiting for it at the deadline (and it stops after its current chunk)."""
-    cancelled, outcome, got = threading.Event(), {}, [0]
+    cancelled, got = threading.Event(), [0]
+    size: list[int | None] = []
+    error: list[BaseException] = []
 
     def counted(chunk: bytes) -> None:
         got[0] += len(chunk)
@@ -195,9 +231,9 @@ def _fsspec(url: str, sink: Sink, limits: Limits) -> None:
 
     def work() -> None:
         try:
-            _fsspec_pump(url, counted, limits, cancelled)
+            size.append(_fsspec_pump(url, counted, limits, cancelled))
         except BaseException as e:  # handed to the waiting thread
-            outcome["error"] = e
+            error.append(e)
 
     worker = threading.Thread(target=work, daemon=True, name="fsspec-fetch")
     worker.start()
@@ -205,11 +241,12 @@ def _fsspec(url: str, sink: Sink, limits: Limits) -> None:
     if worker.is_alive():
         cancelled.set()
         raise limits.too_slow(url, got[0])
-    if "error" in outcome:
-        raise outcome["error"]
+    if error:
+        raise error[0]
+    return size[0]
 
 
-def _fsspec_pump(url: str, sink: Sink, limits: Limits, cancelled: threading.Event) -> None:
+def _fsspec_pump(url: str, sink: Sink, limits: Limits, cancelled: threading.Event) -> int | None:
     try:
         import fsspec
 
@@ -220,7 +257,12 @@ def _fsspec_pump(url: str, sink: Sink, limits: Limits, cancelled: threading.Even
         if size is not None and size > limits.max_bytes:
             raise limits.too_big(url, int(size))
         with fs.open(path, "rb") as fh:
-            _pump(lambda: fh.read(CHUNK), sink, limits, url, cancelled)
+            got = _pump(lambda: fh.read(CHUNK), sink, limits, url, cancelled)
+        if size is not None and got < size and not cancelled.is_set():
+            raise limits.incomplete(url, got, "the store sent less than the file's size", int(size))
+        return None if size is None else int(size)
+    except _BrokenOff as e:
+        raise limits.incomplete(url, e.got, f"the transfer broke off: {e.cause}") from None
     except FileNotFoundError:
         raise CheckpointError(f"{url}: not found") from None
     except (OSError, ValueError, ImportError) as e:

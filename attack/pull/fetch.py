@@ -1,13 +1,17 @@
 """Pulling a checkpoint store: a local directory, HTTP(S), or any fsspec URL.
 
-The manifest's schema is checked; every file is downloaded to a local folder within its
-limits (attack.pull.download: the size the manifest records plus some slack, a deadline per
-file and one per run) and its sha256 and its own description checked against the
-manifest before anything parses it. Only safetensors is ever loaded.
+The manifest's schema is checked; a file whose recorded size is over the attack's cap
+(attack.max_file_mib) is refused before a byte of it moves; every file is downloaded to a
+local folder within its limits (attack.pull.download: the size the manifest records plus
+some slack, a deadline per file and one per run) and hashed on the way to disk, so a file
+the manifest does not describe never enters memory; a download that ends early is reported
+as incomplete. Only a file whose sha256 matches is read back, its own description checked
+against the manifest and then parsed. Only safetensors is ever loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -15,20 +19,21 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from attack.pull.download import Limits, MiB, is_url, join, stream
 from shared.errors import CheckpointError
-from shared.store.checkpoint import ModelEntry, sha256_bytes, verify_file
+from shared.store.checkpoint import ModelEntry, verify_file
 from shared.store.folder import MANIFEST
 
 log = logging.getLogger(__name__)
 
 MANIFEST_MAX_BYTES = 16 * MiB
 SLACK_BYTES = 1 * MiB  # on top of the size the manifest records
-UNRECORDED_MAX_BYTES = 2048 * MiB  # files of stores written before sizes were recorded
+DEFAULT_MAX_FILE_BYTES = 512 * MiB  # attack.max_file_mib's default: ~5x the largest model
+MAX_FILE_SETTING = "attack.max_file_mib"
 MANIFEST_DEADLINE_S = 120.0
 FILE_DEADLINE_S = 1800.0
 RUN_DEADLINE_S = 4 * 3600.0
@@ -99,6 +104,7 @@ class StoreSnapshot:
     context: ssl.SSLContext | None = None  # https trust
     file_deadline_s: float = FILE_DEADLINE_S  # each file's download, in all
     run_deadline: float = field(default_factory=_run_deadline)  # every download (monotonic)
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # the largest file it may declare (or send)
 
 
 def read_manifest(
@@ -108,8 +114,10 @@ def read_manifest(
     file_deadline_s: float = FILE_DEADLINE_S,
     run_deadline_s: float = RUN_DEADLINE_S,
     warn_plain_http: bool = True,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> StoreSnapshot:
-    """Fetch and validate the manifest (schema, unique names, plain file names)."""
+    """Fetch and validate the manifest (schema, unique names, plain file names).
+    `max_file_bytes`: the largest model file it may list (attack.max_file_mib)."""
     if warn_plain_http and location.startswith("http://"):
         log.warning(
             "%s: pulling the store over plain http://: no confidentiality and no integrity (the "
@@ -134,18 +142,26 @@ def read_manifest(
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise CheckpointError(f"{where}: model names must be unique")
-    return StoreSnapshot(location, manifest, models, context, file_deadline_s, started + run_deadline_s)
+    return StoreSnapshot(
+        location, manifest, models, context, file_deadline_s, started + run_deadline_s, max_file_bytes
+    )
 
 
 def wait_for_complete(
-    location: str, poll_s: float = 10.0, timeout_s: float | None = None, context: ssl.SSLContext | None = None
+    location: str,
+    poll_s: float = 10.0,
+    timeout_s: float | None = None,
+    context: ssl.SSLContext | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> StoreSnapshot:
     """Block until the store's manifest says complete (the service mode)."""
     start = time.monotonic()
     announced = False
     while True:
         try:
-            snap = read_manifest(location, context, warn_plain_http=not announced)
+            snap = read_manifest(
+                location, context, warn_plain_http=not announced, max_file_bytes=max_file_bytes
+            )
             if snap.manifest["complete"]:
                 return snap
             state = f"{len(snap.models)} model(s) so far"
@@ -160,62 +176,121 @@ def wait_for_complete(
 
 
 def file_limits(snapshot: StoreSnapshot, entry: ModelEntry) -> Limits:
-    """The cap (recorded size + slack) and the deadline (per file, within the run's) of one file."""
+    """The cap (recorded size + slack; the attack's cap where no size is recorded) and the
+    deadline (per file, within the run's) of one file. A recorded size over the attack's cap
+    is refused here, before anything is downloaded."""
+    cap_mib = snapshot.max_file_bytes / MiB
+    if entry.bytes is not None and entry.bytes > snapshot.max_file_bytes:
+        raise CheckpointError(
+            f"{join(snapshot.location, entry.file)}: the manifest declares {entry.bytes} bytes, more "
+            f"than {MAX_FILE_SETTING} ({cap_mib:g} MiB) allows: refusing to download it; raise "
+            f"{MAX_FILE_SETTING} in the attack config if the model is genuinely that large"
+        )
     if entry.bytes is not None:
         cap, size_rule = entry.bytes + SLACK_BYTES, f"the {entry.bytes} bytes the manifest records + 1 MiB"
     else:
-        cap, size_rule = UNRECORDED_MAX_BYTES, f"{UNRECORDED_MAX_BYTES // MiB} MiB (no size recorded)"
+        cap = snapshot.max_file_bytes
+        size_rule = f"{MAX_FILE_SETTING} ({cap_mib:g} MiB; the manifest records no size)"
     own = time.monotonic() + snapshot.file_deadline_s
     if own <= snapshot.run_deadline:
-        return Limits(cap, own, size_rule, f"{snapshot.file_deadline_s:.0f}s per file")
-    return Limits(cap, snapshot.run_deadline, size_rule, "the deadline for all of the run's downloads")
+        deadline, time_rule = own, f"{snapshot.file_deadline_s:.0f}s per file"
+    else:
+        deadline, time_rule = snapshot.run_deadline, "the deadline for all of the run's downloads"
+    return Limits(cap, deadline, size_rule, time_rule, expected=entry.bytes)
 
 
-def _download(snapshot: StoreSnapshot, entry: ModelEntry, part: Path, limits: Limits) -> None:
-    """Stream one file into `part` (any failure: the caller removes it)."""
+def _disk_error(part: Path, e: OSError) -> CheckpointError:
+    return CheckpointError(
+        f"{part}: cannot write the download ({e.strerror}); the disk may be full: free "
+        "space or point --out at a disk with room"
+    )
+
+
+class _Hashed:
+    """A sink that hashes and counts what passes through it and writes it on to the file
+    `to` (path, open file) if given: a file is hashed while it streams, never held whole."""
+
+    def __init__(self, to: tuple[Path, IO[bytes]] | None = None) -> None:
+        self.sha, self.got, self.to = hashlib.sha256(), 0, to
+        self.announced: int | None = None  # the size the source announced (and delivered)
+
+    def __call__(self, chunk: bytes) -> None:
+        self.sha.update(chunk)
+        self.got += len(chunk)
+        if self.to is not None:
+            try:
+                self.to[1].write(chunk)
+            except OSError as e:
+                raise _disk_error(self.to[0], e) from None
+
+
+def _download(snapshot: StoreSnapshot, entry: ModelEntry, part: Path, limits: Limits) -> _Hashed:
+    """Stream one file into `part`, hashing it on the way (any failure: the caller removes it)."""
     try:
         part.parent.mkdir(parents=True, exist_ok=True)
         fh = part.open("wb")
     except OSError as e:
         raise CheckpointError(f"{part}: cannot write the download ({e.strerror}); check --out") from None
-
-    def write(chunk: bytes) -> None:
-        try:
-            fh.write(chunk)
-        except OSError as e:
-            raise CheckpointError(
-                f"{part}: cannot write the download ({e.strerror}); the disk may be full: free "
-                "space or point --out at a disk with room"
-            ) from None
-
     try:
         with fh:
-            stream(snapshot.location, entry.file, write, limits, snapshot.context)
+            sink = _Hashed((part, fh))
+            sink.announced = stream(snapshot.location, entry.file, sink, limits, snapshot.context)
     except OSError as e:  # buffered writes fail at the flush on closing (a full disk)
+        raise _disk_error(part, e) from None
+    return sink
+
+
+def _check_received(entry: ModelEntry, sink: _Hashed, limits: Limits, where: str) -> None:
+    """Fewer bytes than the manifest records from a source that announced no size: the
+    transfer ended early (incomplete; a source that announced a size and sent less was
+    already reported so). Otherwise the file must hash to what the manifest records."""
+    if entry.bytes is not None and sink.got < entry.bytes and sink.announced is None:
+        raise limits.incomplete(where, sink.got, "the transfer ended early")
+    got = sink.sha.hexdigest()
+    if got != entry.sha256:
+        differs = entry.bytes is not None and sink.got != entry.bytes
+        size = f"; {sink.got} bytes, the manifest records {entry.bytes}" if differs else ""
         raise CheckpointError(
-            f"{part}: cannot write the download ({e.strerror}); the disk may be full: free "
-            "space or point --out at a disk with room"
-        ) from None
+            f"{where}: sha256 mismatch (manifest {entry.sha256[:12]}..., file {got[:12]}...{size}): "
+            "the file was altered or corrupted; refusing to load it"
+        )
+
+
+def _hash_file(location: str, name: str, limits: Limits) -> _Hashed:
+    sink = _Hashed()
+    sink.announced = stream(location, name, sink, limits, None)
+    return sink
+
+
+def _read(location: str, name: str, limits: Limits) -> bytes:
+    buf = io.BytesIO()
+    stream(location, name, buf.write, limits, None)
+    return buf.getvalue()
+
+
+def _is_copy_of(local: Path, entry: ModelEntry, limits: Limits) -> bool:
+    """A file downloaded before, still what the manifest records (hashed, not read whole)."""
+    if not local.is_file() or local.stat().st_size > limits.max_bytes:
+        return False
+    return _hash_file(str(local.parent), local.name, limits).sha.hexdigest() == entry.sha256
 
 
 def fetch_state(snapshot: StoreSnapshot, entry: ModelEntry, cache_dir: Path) -> dict[str, torch.Tensor]:
-    """Download (or reuse a verified local copy of) one model file; verify its hash and its
-    own description against the manifest entry; parse."""
+    """Download (or reuse a verified local copy of) one model file; verify its size and hash
+    while it streams, then its own description against the manifest entry; parse. Only a
+    file whose hash matches is ever read into memory (at most the attack's cap)."""
     entry.check()
     where = join(snapshot.location, entry.file)
     limits = file_limits(snapshot, entry)
     if not is_url(snapshot.location):
-        buf = io.BytesIO()
-        stream(snapshot.location, entry.file, buf.write, limits, None)
-        return verify_file(entry, buf.getvalue(), where)
+        _check_received(entry, _hash_file(snapshot.location, entry.file, limits), limits, where)
+        return verify_file(entry, _read(snapshot.location, entry.file, limits), where)
     local = Path(cache_dir) / entry.file
-    if local.is_file() and local.stat().st_size <= limits.max_bytes:
-        data = local.read_bytes()
-        if sha256_bytes(data) == entry.sha256:
-            return verify_file(entry, data, where)
+    if _is_copy_of(local, entry, limits):
+        return verify_file(entry, local.read_bytes(), where)
     part = local.with_name(local.name + ".part")
     try:
-        _download(snapshot, entry, part, limits)
+        _check_received(entry, _download(snapshot, entry, part, limits), limits, where)
         state = verify_file(entry, part.read_bytes(), where)
         part.replace(local)
         return state

@@ -118,6 +118,9 @@ class AttackConfig:
     # bfloat16 (CUDA only) is an explicit option that results.json records.
     precision: Literal["float32", "bfloat16"] = "float32"
     control: bool = True  # random-sign noise at the same eps, beside every cell
+    # the largest model file the attack pulls from a store (the size its manifest records):
+    # a store cannot make the attack host download or hold more
+    max_file_mib: int = 512
     iterative: IterativeConfig = field(default_factory=IterativeConfig)
     universal: UniversalConfig = field(default_factory=UniversalConfig)
     outsider: OutsiderConfig = field(default_factory=OutsiderConfig)
@@ -127,5 +130,7 @@ class AttackConfig:
         _check_eps(self.eps, "eps")
         if self.batch_size < 1:
             raise ValueError("batch_size: must be >= 1")
+        if self.max_file_mib < 1:
+            raise ValueError(f"max_file_mib: must be >= 1, got {self.max_file_mib}")
         if self.max_images_per_dataset is not None and self.max_images_per_dataset < 1:
             raise ValueError("max_images_per_dataset: must be >= 1 (or null for every image)")

@@ -4,15 +4,23 @@ One folder per (manifest, part, image size) holding `images.npy` (N x S x S uint
 as a memory map), `meta.json` (labels, ids, the fingerprint of every source file) and
 `unreadable.txt`. The cache is rebuilt when a source file (size or mtime) or the image
 size changes. Writes are atomic: a half-built cache is never mistaken for a valid one.
+
+A build is written into `<part>_<size>px.tmp<PID>` and renamed into place; one whose
+process was killed is removed at the next start. Its decoding workers die with it (a
+parent-death signal on Linux) and do not outlive a SIGTERM.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +31,12 @@ from shared.config.data import DEFAULT_MAX_PIXELS
 from shared.data.images import read_image, resize_to_uint8
 from shared.data.manifest import Manifest
 from shared.errors import DatasetError, ImageReadError
+from shared.io import DISK_FULL, disk_full
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+_TMP = re.compile(r".+px\.tmp(\d+)")  # a build in progress, or the debris of a killed one
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,39 @@ def _fingerprint(manifest: Manifest, part: str, size: int, max_pixels: int = DEF
     return h.hexdigest()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_builds(folder: Path) -> None:
+    """Remove the temporary folders of builds whose process is gone (killed mid-build)."""
+    if not folder.is_dir():
+        return
+    for tmp in folder.iterdir():
+        m = _TMP.fullmatch(tmp.name)
+        if m and tmp.is_dir() and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            log.info("removing %s, left by a cache build that was killed", tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _worker_start(parent: int) -> None:
+    """In each decoding worker: killed when the parent dies (Linux), even mid-decode; the
+    default SIGTERM (the parent's own handler, inherited by the fork, would be caught as a
+    task's error and ignored); Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if not _alive(parent):  # it died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _decode(args: tuple[str, int, int]) -> tuple[np.ndarray | None, str | None]:
     path, size, max_pixels = args
     try:
@@ -77,6 +121,7 @@ def load_cached(
     """Return the cached part, building it first when absent or stale. `max_pixels`: images
     declaring more are unreadable (data.max_pixels)."""
     folder = Path(cache_dir) / manifest.name / f"{part}_{size}px"
+    remove_stale_builds(folder.parent)
     key = _fingerprint(manifest, part, size, max_pixels)
     meta_path = folder / "meta.json"
     if meta_path.exists():
@@ -132,9 +177,7 @@ def _build(
         keep: list[int] = []
         bad: list[str] = []
         if workers > 0 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=workers) as ex:
-                results = ex.map(_decode, jobs, chunksize=16)
-                _collect(results, arr, keep, bad, skip_unreadable)
+            _decode_in_pool(jobs, workers, arr, keep, bad, skip_unreadable)
         else:
             _collect(map(_decode, jobs), arr, keep, bad, skip_unreadable)
         if len(keep) < len(samples):
@@ -165,6 +208,10 @@ def _build(
         if folder.exists():
             shutil.rmtree(folder)
         tmp.replace(folder)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise disk_full(e, folder) from None
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if bad:
@@ -176,6 +223,25 @@ def _build(
             folder / "unreadable.txt",
         )
     return _open(folder, meta)
+
+
+def _decode_in_pool(
+    jobs: list[tuple[str, int, int]],
+    workers: int,
+    arr: np.ndarray,
+    keep: list[int],
+    bad: list[str],
+    skip: bool,
+) -> None:
+    """Decode in worker processes that die with this one; on any failure (an unreadable
+    image, SIGTERM) the jobs not started are dropped instead of decoded first."""
+    ex = ProcessPoolExecutor(max_workers=workers, initializer=_worker_start, initargs=(os.getpid(),))
+    try:
+        _collect(ex.map(_decode, jobs, chunksize=16), arr, keep, bad, skip)
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        raise
+    ex.shutdown()
 
 
 def _collect(results, arr: np.ndarray, keep: list[int], bad: list[str], skip: bool) -> None:

@@ -4,7 +4,10 @@ pydicom reads a Deflated Explicit VR Little Endian file by inflating all of it i
 first (also with stop_before_pixels), so a 280 KB file declaring 12000 x 12000 pixels
 becomes hundreds of megabytes before a single tag can be checked. Here such a file is
 inflated in bounded steps: its header from the first megabyte, the rest only counted,
-never kept, and refused when it inflates to more than its header declares.
+never kept, and refused when it inflates to more than its header declares. The loop ends at
+the end of the deflate stream (what follows it, such as the pad byte that keeps the file's
+length even, is ignored), and every step must consume input or yield output, so no file
+can keep it turning: it reads each byte of the file once and inflates at most the cap.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ def _check_deflated(path: Path, meta: Dataset, max_pixels: int) -> str | None:
     with open(path, "rb") as fh:
         fh.seek(start)
         pending = b""
-        while True:
+        while not inflater.eof:  # past the stream's end zlib hands the rest back unconsumed
             if not pending:
                 pending = fh.read(_STEP)
                 if not pending:
@@ -83,6 +86,8 @@ def _check_deflated(path: Path, meta: Dataset, max_pixels: int) -> str | None:
                 out = inflater.decompress(pending, _STEP)
             except zlib.error as e:
                 return f"deflated data is corrupt ({e}); replace the file"
+            if not out and len(inflater.unconsumed_tail) == len(pending) and not inflater.eof:
+                return "deflated data makes no progress when inflated; replace the file"
             pending = inflater.unconsumed_tail
             total += len(out)
             if cap is None:
