@@ -1,6 +1,7 @@
 """A compose project on a real Docker engine, for tests/test_compose_up.py: the real
 docker-compose.yml plus an override that mounts a tiny config over configs/compose.yaml,
-its own project name (volumes) and its own published SuperLink port."""
+its own project name (volumes) and its own published SuperLink port; and the README's
+container commands, read from README.md, run as written."""
 
 from __future__ import annotations
 
@@ -58,6 +59,14 @@ def sh(cmd: list[str], env: dict[str, str], timeout: float = 120, check: bool = 
     return res.stdout
 
 
+def readme_commands() -> list[str]:
+    """The command lines of README.md's "Four sites in containers" block, comments cut:
+    what a newcomer runs, and what the test runs (the same strings)."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Four sites in containers", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return [ln.split("#", 1)[0].strip() for ln in block.splitlines() if ln.split("#", 1)[0].strip()]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,23 +94,78 @@ class Stack:
         override = tmp / "docker-compose.tiny.yml"
         services = {s: {"volumes": mount} for s in ("data-init", "job", "attack")}
         override.write_text(yaml.safe_dump({"services": services}))
-        self.project, self.logs = project, tmp
-        self.env = {**env, "COMPOSE_PROJECT_NAME": project, "FEDATTACK_SUPERLINK_PORT": str(free_port())}
+        self.project, self.logs, self.report = project, tmp, tmp / "report"
+        self.env = {
+            **env,
+            "COMPOSE_PROJECT_NAME": project,
+            "COMPOSE_FILE": f"docker-compose.yml:{override}",  # for deploy/compose-study.sh
+            "FEDATTACK_SUPERLINK_PORT": str(free_port()),
+            "FEDATTACK_REPORT_DIR": str(self.report),
+        }
         self.base = ["docker-compose", "-f", "docker-compose.yml", "-f", str(override)]
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True) -> str:
         return sh([*self.base, *args], self.env, timeout, check)
 
-    def popen_up(self) -> subprocess.Popen:
-        log = (self.logs / f"up-{time.monotonic_ns()}.log").open("w")
-        return subprocess.Popen(
-            [*self.base, "up", "-d", "--no-build"], cwd=REPO, env=self.env, stdout=log, stderr=log
+    def study(self, compose: str = "docker-compose") -> tuple[subprocess.Popen, Path]:
+        """README's study command as written (`deploy/compose-study.sh`), with `compose`
+        (FEDATTACK_COMPOSE); returns the process and the file its output goes to."""
+        (command,) = [c for c in readme_commands() if "compose-study" in c]
+        out = self.logs / f"study-{time.monotonic_ns()}.log"
+        with out.open("w") as log:
+            proc = subprocess.Popen(
+                ["bash", "-c", command],
+                cwd=REPO,
+                env={**self.env, "FEDATTACK_COMPOSE": compose},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return proc, out
+
+    def running(self) -> list[str]:
+        """The names of this project's containers that are running."""
+        out = sh(
+            [
+                docker(),
+                "ps",
+                "--format",
+                "{{.Names}}",
+                "--filter",
+                f"label=com.docker.compose.project={self.project}",
+            ],
+            self.env,
         )
+        return sorted(out.split())
+
+    def serve(self) -> None:
+        """The SuperLink and the sites running again (detached), for tests that look inside
+        them: the SuperLink first, until it (:9091) and the Fleet proxy (:9093) listen inside
+        its container, then the sites, until each has run for a few seconds."""
+        self.compose("up", "-d", "--no-build", "--no-deps", "superlink")
+        probe = "import socket; [socket.create_connection(('127.0.0.1', p), 2).close() for p in (9091, 9093)]"
+        deadline = time.monotonic() + 120
+        while True:
+            cmd = [docker(), "exec", self.cid("superlink"), "python", "-c", probe]
+            if subprocess.run(cmd, env=self.env, capture_output=True, timeout=60).returncode == 0:
+                break
+            assert time.monotonic() < deadline, f"the SuperLink did not listen within 120 s:\n{self.tail()}"
+            time.sleep(2)
+        sites = ["site-a", "site-b", "site-c", "site-d"]
+        self.compose("up", "-d", "--no-build", "--no-deps", *sites)
+        time.sleep(5)
+        for site in sites:
+            assert self.state(site)[0] == "running", self.compose("logs", "--no-color", "--tail", "30", site)
 
     def cid(self, service: str) -> str:
         """The service's container id; "" while compose is still creating it."""
-        out = self.compose("ps", "-q", service, check=False).strip()
-        return out if out and all(c in "0123456789abcdef" for c in out) else ""
+        labels = [
+            f"label=com.docker.compose.project={self.project}",
+            f"label=com.docker.compose.service={service}",
+        ]
+        cmd = [docker(), "ps", "-aq", "--no-trunc", *(a for lb in labels for a in ("--filter", lb))]
+        out = sh(cmd, self.env, check=False).split()  # by label: either Compose version's containers
+        return out[0] if len(out) == 1 else ""
 
     def inspect(self, service: str) -> dict:
         return json.loads(sh([docker(), "inspect", self.cid(service)], self.env))[0]
@@ -120,18 +184,21 @@ class Stack:
             time.sleep(5)
         raise AssertionError(f"{service} still running after {timeout:.0f}s:\n{self.tail()}")
 
-    def up_until_reported(self) -> float:
-        """`up -d` (it returns once the attack service started: it waits for the job), then
-        poll the attack container until it exits; a failed one-shot service ends the wait."""
+    def study_until_reported(self) -> tuple[float, str]:
+        """The README's study to its end: exit 0, the report copied out, nothing running.
+        Returns the seconds it took and what it printed."""
         start = time.monotonic()
-        res = subprocess.run(
-            [*self.base, "up", "-d", "--no-build"],
-            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=UP_TIMEOUT,
-        )  # fmt: skip
-        assert res.returncode == 0, f"docker-compose up failed:\n{res.stderr[-3000:]}\n{self.tail()}"
-        code = self.wait_exit("attack", UP_TIMEOUT - (time.monotonic() - start))
-        assert code == 0, f"the attack service exited {code}:\n{self.tail()}"
-        return time.monotonic() - start
+        proc, out = self.study()
+        try:
+            code = proc.wait(timeout=UP_TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        printed = out.read_text()
+        assert code == 0, f"deploy/compose-study.sh exited {code}:\n{printed[-4000:]}\n{self.tail()}"
+        assert printed.rstrip().splitlines()[-1].startswith("study complete: the report is "), printed[-2000:]
+        assert self.running() == [], self.running()
+        return time.monotonic() - start, printed
 
     def tail(self) -> str:
         text = self.compose("logs", "--no-color", "--tail", "40", timeout=60, check=False)

@@ -45,9 +45,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 LONGEST = (
     "tests/test_compose_up.py",
     "attack-suite",
+    "tests/test_robust_federation.py",
+    "tests/test_deploy_multihost.py",
     "tests/test_federation_e2e.py",
     "tests/test_attack_e2e.py",
-    "tests/test_deploy_multihost.py",
     "tiny-study",
     "federation-resume",
     "federation-dropout",

@@ -138,6 +138,24 @@ def test_locked_down_by_default() -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("files", COMBINATIONS, ids=["+".join(c) for c in COMBINATIONS])
+def test_every_service_is_hardened(files: list[str]) -> None:
+    """No capabilities, no privilege gain, a read-only root with tmpfs where a service
+    writes outside its volumes; the services that only read and write volumes (the attack,
+    the credentials and data one-shots) have no network at all. tests/test_compose_up.py
+    checks the same on the running containers."""
+    services = _merged(files)["services"]
+    for name, svc in services.items():
+        assert svc["cap_drop"] == ["ALL"], name
+        assert svc["security_opt"] == ["no-new-privileges:true"], name
+        assert svc["read_only"] is True, name
+        assert sorted(t.split(":")[0] for t in svc["tmpfs"]) == ["/home/fedattack", "/tmp"], name
+    for name in ("attack", "credentials", "data-init"):
+        assert services[name]["network_mode"] == "none", name
+        assert "networks" not in services[name], name
+
+
+@pytest.mark.integration
 def test_gpu_override_reserves_a_gpu_per_site_and_for_the_attack() -> None:
     services = _merged(["docker-compose.yml", "docker-compose.gpu.yml"])["services"]
     for name in ("site-a", "site-b", "site-c", "site-d", "attack"):

@@ -1,8 +1,9 @@
-"""`docker-compose up` for real: the image built (deploy/docker/build-image.sh), the real
-docker-compose.yml plus a small override that points the study at a tiny config, run on a
-real engine until the attack service wrote its report; then what a user would check: the
-report, a store whose every model verifies, TLS and node authentication, non-root
-containers, one volume per site, a second `up` that is harmless, a site killed mid-run,
+"""The README's container commands for real: `make image` (the base, the wheelhouse, the
+image) and `deploy/compose-study.sh` (the real docker-compose.yml plus a small override
+that points the study at a tiny config), run as the README writes them on a real engine
+until the report; then what a user would check: the report, a store whose every model
+verifies, nothing left running, TLS and node authentication, hardened non-root
+containers, one volume per site, a second study that is harmless, a site killed mid-run,
 and an image that holds no credentials and no data. Needs a Docker engine (.ci/run starts
 one); under CI a missing engine fails, elsewhere it skips."""
 
@@ -17,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from shared.store.folder import CheckpointStore
-from tests.compose_stack import Stack, docker, engine_env, sh
+from tests.compose_stack import Stack, docker, engine_env, readme_commands, sh
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.docker
 
@@ -45,11 +47,15 @@ def env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def image(env: dict[str, str]) -> str:
-    have = subprocess.run([docker(), "image", "inspect", "fedattack-base:bookworm"], capture_output=True)
-    base = os.environ.get("FEDATTACK_BASE") or (
-        "fedattack-base:bookworm" if have.returncode == 0 else "python:3.11-slim-bookworm"
+    """README's image command as written (`make image`: with no registry here, the base
+    image from Debian packages; .ci/run made it and the wheelhouse already, as a first
+    `make image` would have)."""
+    (command,) = [c for c in readme_commands() if c.startswith("make image")]
+    as_typed = {**env, "PATH": os.environ["PATH"]}  # the user's PATH: make's python3 is theirs
+    res = subprocess.run(
+        ["bash", "-c", command], cwd=REPO, env=as_typed, capture_output=True, text=True, timeout=1800
     )
-    sh(["deploy/docker/build-image.sh", "--base", base, "--tag", IMAGE], env, timeout=1800)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return IMAGE
 
 
@@ -59,9 +65,9 @@ def stack(env: dict[str, str], image: str, tmp_path_factory: pytest.TempPathFact
     st = Stack(env, tmp, f"fedattackci{os.getpid()}", TINY)
     st.down()
     try:
-        first = st.up_until_reported()
+        first, printed = st.study_until_reported()
         print(f"compose study (tiny config): {first:.0f}s")
-        yield st, tmp, first
+        yield st, tmp, printed
     finally:
         st.tail()
         st.down()
@@ -75,19 +81,57 @@ def _verified_store(st: Stack, dest: Path) -> CheckpointStore:
     return store
 
 
-def test_up_runs_the_study_to_its_report(stack) -> None:
-    st, tmp, _ = stack
-    out = st.copy_out("attack", "/runs/attack", tmp / "attack")
-    assert "resnet50" in (out / "report.md").read_text()
-    results = json.loads((out / "results.json").read_text())
+def test_the_study_ends_with_the_report_and_nothing_running(stack) -> None:
+    """README's study command returned 0 after the report, printed the job's round lines
+    as they came, copied the report out, and left no container running; the report
+    command of the docs reads the results volume without starting any service."""
+    st, tmp, printed = stack
+    assert "[resnet50] round 1 done (sites A,B,C,D)" in printed, printed[-3000:]
+    report = (st.report / "report.md").read_text()
+    assert "resnet50" in report
+    results = json.loads((st.report / "results.json").read_text())
     assert len(results["models"]) == 5  # 1 global + 4 locals
     store = _verified_store(st, tmp / "store")
     kinds = sorted((m.kind, m.site or "") for m in store.models())
     assert kinds == [("global", ""), ("local", "A"), ("local", "B"), ("local", "C"), ("local", "D")]
+    assert st.running() == []
+    read = st.compose("run", "--rm", "--no-deps", "--entrypoint", "cat", "attack", "/runs/attack/report.md")
+    assert read == report
+    assert st.running() == []  # nothing was started to read it
+
+
+def test_every_container_is_hardened(stack) -> None:
+    """What docker-compose.yml asks for, as the engine ran it: no capabilities, no
+    privilege gain, a read-only root with tmpfs, uid 10001; no network for the services
+    that only read and write volumes."""
+    st, _, _ = stack
+    for service in ["superlink", *SITES, "credentials", "data-init", "register", "job", "attack"]:
+        host = st.inspect(service)["HostConfig"]
+        assert host["CapDrop"] == ["ALL"], service
+        assert host["SecurityOpt"] == ["no-new-privileges:true"], service
+        assert host["ReadonlyRootfs"] is True, service
+        assert host["Tmpfs"] == {"/tmp": "mode=1777", "/home/fedattack": "uid=10001,gid=10001,mode=0700"}
+        assert st.inspect(service)["Config"]["User"] == "fedattack", service
+        if service in ("credentials", "data-init", "attack"):
+            assert host["NetworkMode"] == "none", service
+    st.serve()
+    probe = "import os; open('/tmp/x', 'w'); print(os.getuid()); open('/app/x', 'w')"
+    res = subprocess.run(
+        [docker(), "exec", st.cid("site-a"), "python", "-c", probe],
+        env=st.env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.stdout.strip() == "10001" and "Read-only file system" in res.stderr, res.stdout + res.stderr
+    status = sh([docker(), "exec", st.cid("site-a"), "cat", "/proc/self/status"], st.env)
+    caps = {ln.split(":")[0]: ln.split()[1] for ln in status.splitlines() if ln.startswith("Cap")}
+    assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == "0000000000000000", caps
+    assert "NoNewPrivs:\t1" in status
 
 
 def test_superlink_ran_with_tls_and_node_auth(stack) -> None:
     st, _, _ = stack
+    st.serve()
     cmdlines = sh(
         [docker(), "exec", st.cid("superlink"), "python", "-c",
          "import glob; print(*(open(p, 'rb').read().replace(b'\\0', b' ').decode() "
@@ -139,24 +183,21 @@ def test_service_logs_read_as_plain_lines(stack) -> None:
     assert "round 0 done" in st.compose("logs", "--no-color", "job")
 
 
-def test_containers_run_as_non_root_and_sites_mount_only_their_volume(stack) -> None:
+def test_sites_mount_only_their_volume(stack) -> None:
     st, _, _ = stack
     project = st.project
-    for service in ["superlink", *SITES, "credentials", "data-init", "job", "attack"]:
-        assert st.inspect(service)["Config"]["User"] == "fedattack", service
     for site in SITES:
-        assert sh([docker(), "exec", st.cid(site), "id", "-u"], st.env).strip() == "10001"
         mounts = st.inspect(site)["Mounts"]
         assert [(m["Type"], m.get("Name"), m["Destination"]) for m in mounts] == [
             ("volume", f"{project}_{site}", f"/sites/{site[-1].upper()}")
         ], site
 
 
-def test_a_second_up_is_harmless(stack) -> None:
+def test_a_second_study_is_harmless(stack) -> None:
     st, tmp, _ = stack
     before = _verified_store(st, tmp / "store-1")
     started = st.inspect("attack")["State"]["StartedAt"]
-    st.up_until_reported()
+    st.study_until_reported()
     assert st.inspect("attack")["State"]["StartedAt"] != started  # the study really ran again
     register = st.compose("logs", "--no-color", "register")
     assert register.count("already registered") == 4, register  # same keys, not remade
@@ -182,40 +223,43 @@ def test_image_holds_no_credentials_and_no_data(env: dict[str, str], image: str)
 
 @pytest.mark.parametrize("min_sites", [3, 4])
 def test_a_site_killed_mid_run(env: dict[str, str], image: str, tmp_path: Path, min_sites: int) -> None:
-    """site-d killed once the job reports round 0 (the sites' validation of a round comes
-    back with the next round's training, so the kill lands in the fine-tune step): with
-    min_sites 3 the federation completes on three sites; with 4 the job fails, non-zero,
-    saying how many sites replied, and `up` exits non-zero instead of hanging."""
+    """README's study command, with Compose v2 this time; site-d killed once the job
+    reports round 0 (the sites' validation of a round comes back with the next round's
+    training, so the kill lands in the fine-tune step): with min_sites 3 the federation
+    completes on three sites and the study ends with its report; with 4 the study ends
+    non-zero, the job's reason (how many sites replied) among its last lines. Either way
+    nothing is left running."""
+    compose_v2 = REPO / ".cache" / "compose-v2" / "docker-compose"
+    assert compose_v2.exists(), "make compose-v2 fetches it (make test does)"
     config = {**TINY, "federation.min_sites": min_sites, "federation.round_timeout_s": 180}
     st = Stack(env, tmp_path, f"fedattackkill{min_sites}x{os.getpid()}", config)
     st.down()
-    up = st.popen_up()
+    study, out = st.study(compose=str(compose_v2))
     try:
         deadline = time.monotonic() + 600
-        while "round 0 done" not in (
-            st.compose("logs", "--no-color", "job", check=False) if st.cid("job") else ""
-        ):
-            assert time.monotonic() < deadline and up.poll() in (None, 0), st.tail()
-            time.sleep(3)
+        while "round 0 done" not in out.read_text():
+            assert time.monotonic() < deadline and study.poll() is None, out.read_text()[-3000:]
+            time.sleep(2)
         sh([docker(), "kill", st.cid("site-d")], env)
-        code = st.wait_exit("job", 600)
-        log = st.compose("logs", "--no-color", "job")
+        code = study.wait(timeout=600)
+        printed = out.read_text()
+        last = "\n".join(printed.rstrip().splitlines()[-20:])
         if min_sites == 3:
-            # the federation completes on three sites: the quorum's study is complete, and
-            # the manifest names site D's missing local model
-            assert "run complete" in log, st.tail()
-            assert code == 0, st.tail()
+            # the quorum's study is complete, and the manifest names site D's missing local model
+            assert code == 0, printed[-4000:]
+            assert "run complete" in printed and "study complete" in last, printed[-4000:]
             manifest = json.loads(
-                sh([docker(), "exec", st.cid("superlink"), "cat", "/runs/checkpoints/manifest.json"], env)
+                st.copy_out("attack", "/runs/checkpoints/manifest.json", tmp_path / "m.json").read_text()
             )
             assert sorted(m["site"] or "" for m in manifest["models"]) == ["", "A", "B", "C"]
             assert manifest["complete"] is True and manifest["missing"] == ["resnet50-local-D"]
         else:
-            assert code != 0, st.tail()
-            assert "of the required 4 sites" in log or "required SuperNodes" in log, log[-3000:]
-            assert up.wait(timeout=120) != 0  # `up` stops on the failed job instead of hanging
+            assert code != 0, printed[-4000:]
+            assert "of the required 4 sites" in last or "required SuperNodes" in last, last
+            assert "study FAILED" in last, last
+        assert st.running() == [], st.running()
     finally:
-        if up.poll() is None:
-            up.kill()
+        if study.poll() is None:
+            study.kill()
         st.tail()
         st.down()

@@ -3,12 +3,14 @@
 # that the engine answers, the base image is here (or pullable) and the wheelhouse, if
 # any, is complete.
 #   deploy/docker/build-image.sh [--base IMAGE] [--tag TAG]
-# Defaults: --base $FEDATTACK_BASE or python:3.11-slim-bookworm, --tag fedattack:latest;
-# the wheelhouse is deploy/docker/wheelhouse/ (fedattack deploy wheelhouse).
+# Defaults: --base $FEDATTACK_BASE, else python:3.11-slim-bookworm where it is here or a
+# registry serves it, else fedattack-base:bookworm (made by base-image.sh from Debian
+# packages if it is not here yet); --tag fedattack:latest; the wheelhouse is
+# deploy/docker/wheelhouse/ (fedattack deploy wheelhouse).
 set -euo pipefail
 . "$(dirname "$0")/common.sh"
 cd "$(dirname "$0")/../.."
-BASE="${FEDATTACK_BASE:-python:3.11-slim-bookworm}" TAG=fedattack:latest
+BASE="${FEDATTACK_BASE:-}" TAG=fedattack:latest
 while [ $# -gt 0 ]; do
   case "$1" in
     --base) BASE="$2"; shift 2 ;;
@@ -17,7 +19,16 @@ while [ $# -gt 0 ]; do
   esac
 done
 need_engine
-if ! "$DOCKER" image inspect "$BASE" >/dev/null 2>&1; then
+have() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
+if [ -z "$BASE" ]; then
+  BASE=python:3.11-slim-bookworm
+  if ! have "$BASE" && ! timeout 60 "$DOCKER" pull -q "$BASE" >/dev/null 2>&1; then
+    echo "no registry serves $BASE: the base from Debian packages (deploy/docker/base-image.sh)"
+    BASE=fedattack-base:bookworm
+    have "$BASE" || deploy/docker/base-image.sh "$BASE"
+  fi
+fi
+if ! have "$BASE"; then
   timeout 120 "$DOCKER" pull -q "$BASE" >/dev/null 2>&1 \
     || die "base image $BASE is not on this host and cannot be pulled: run deploy/docker/base-image.sh (then --base fedattack-base:bookworm)"
 fi
