@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,25 +139,6 @@ class Stack:
         )
         return sorted(out.split())
 
-    def serve(self) -> None:
-        """The SuperLink and the sites running again (detached), for tests that look inside
-        them: the SuperLink first, until it (:9091) and the Fleet proxy (:9093) listen inside
-        its container, then the sites, until each has run for a few seconds."""
-        self.compose("up", "-d", "--no-build", "--no-deps", "superlink")
-        probe = "import socket; [socket.create_connection(('127.0.0.1', p), 2).close() for p in (9091, 9093)]"
-        deadline = time.monotonic() + 120
-        while True:
-            cmd = [docker(), "exec", self.cid("superlink"), "python", "-c", probe]
-            if subprocess.run(cmd, env=self.env, capture_output=True, timeout=60).returncode == 0:
-                break
-            assert time.monotonic() < deadline, f"the SuperLink did not listen within 120 s:\n{self.tail()}"
-            time.sleep(2)
-        sites = ["site-a", "site-b", "site-c", "site-d"]
-        self.compose("up", "-d", "--no-build", "--no-deps", *sites)
-        time.sleep(5)
-        for site in sites:
-            assert self.state(site)[0] == "running", self.compose("logs", "--no-color", "--tail", "30", site)
-
     def cid(self, service: str) -> str:
         """The service's container id; "" while compose is still creating it."""
         labels = [
@@ -184,12 +166,19 @@ class Stack:
             time.sleep(5)
         raise AssertionError(f"{service} still running after {timeout:.0f}s:\n{self.tail()}")
 
-    def study_until_reported(self) -> tuple[float, str]:
-        """The README's study to its end: exit 0, the report copied out, nothing running.
+    def study_until_reported(self, while_running: Callable[[], None] | None = None) -> tuple[float, str]:
+        """The README's study to its end: exit 0, the report copied out, nothing running;
+        `while_running` is called once the job has submitted its run (every service up).
         Returns the seconds it took and what it printed."""
         start = time.monotonic()
         proc, out = self.study()
         try:
+            while while_running is not None and proc.poll() is None:
+                if "submitted as run" in out.read_text():
+                    while_running()
+                    break
+                assert time.monotonic() - start < UP_TIMEOUT, out.read_text()[-3000:]
+                time.sleep(2)
             code = proc.wait(timeout=UP_TIMEOUT)
         finally:
             if proc.poll() is None:

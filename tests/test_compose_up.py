@@ -40,6 +40,38 @@ TINY = {
 }
 
 
+# Run inside the containers while the study runs (every service up, the run submitted):
+CMDLINES = (
+    "import glob; print(*(open(p, 'rb').read().replace(b'\\0', b' ').decode() "
+    "for p in glob.glob('/proc/[0-9]*/cmdline')), sep='\\n')"
+)
+FROM_A_SITE = (
+    "import socket,ssl,urllib.request,urllib.error\n"
+    "ctx = ssl.create_default_context(cafile='/sites/A/ca.crt')\n"
+    "req = urllib.request.Request('https://superlink:9093/v1/control/list-runs', b'', "
+    "{'Content-Type': 'application/protobuf'}, method='POST')\n"
+    "try:\n    print(urllib.request.urlopen(req, context=ctx, timeout=20).status)\n"
+    "except urllib.error.HTTPError as e:\n    print(e.code)\n"
+    "s = socket.socket(); s.settimeout(5); print(s.connect_ex(('superlink', 9091)) != 0)\n"
+)
+WRITES = "import os; open('/tmp/x', 'w'); print(os.getuid()); open('/app/x', 'w')"
+
+
+def observe(st: Stack) -> dict[str, subprocess.CompletedProcess]:
+    """What the running containers show from inside (called once the job submitted its run)."""
+
+    def run(service: str, *cmd: str) -> subprocess.CompletedProcess:
+        argv = [docker(), "exec", st.cid(service), *cmd]
+        return subprocess.run(argv, env=st.env, capture_output=True, text=True, timeout=60)
+
+    return {
+        "cmdlines": run("superlink", "python", "-c", CMDLINES),
+        "from-a-site": run("site-a", "python", "-c", FROM_A_SITE),
+        "writes": run("site-a", "python", "-c", WRITES),
+        "status": run("site-a", "cat", "/proc/self/status"),
+    }
+
+
 @pytest.fixture(scope="module")
 def env() -> dict[str, str]:
     return engine_env()
@@ -65,9 +97,10 @@ def stack(env: dict[str, str], image: str, tmp_path_factory: pytest.TempPathFact
     st = Stack(env, tmp, f"fedattackci{os.getpid()}", TINY)
     st.down()
     try:
-        first, printed = st.study_until_reported()
+        live: dict[str, subprocess.CompletedProcess] = {}
+        first, printed = st.study_until_reported(lambda: live.update(observe(st)))
         print(f"compose study (tiny config): {first:.0f}s")
-        yield st, tmp, printed
+        yield st, tmp, printed, live
     finally:
         st.tail()
         st.down()
@@ -85,7 +118,7 @@ def test_the_study_ends_with_the_report_and_nothing_running(stack) -> None:
     """README's study command returned 0 after the report, printed the job's round lines
     as they came, copied the report out, and left no container running; the report
     command of the docs reads the results volume without starting any service."""
-    st, tmp, printed = stack
+    st, tmp, printed, _ = stack
     assert "[resnet50] round 1 done (sites A,B,C,D)" in printed, printed[-3000:]
     report = (st.report / "report.md").read_text()
     assert "resnet50" in report
@@ -104,7 +137,7 @@ def test_every_container_is_hardened(stack) -> None:
     """What docker-compose.yml asks for, as the engine ran it: no capabilities, no
     privilege gain, a read-only root with tmpfs, uid 10001; no network for the services
     that only read and write volumes."""
-    st, _, _ = stack
+    st, _, _, live = stack
     for service in ["superlink", *SITES, "credentials", "data-init", "register", "job", "attack"]:
         host = st.inspect(service)["HostConfig"]
         assert host["CapDrop"] == ["ALL"], service
@@ -114,30 +147,17 @@ def test_every_container_is_hardened(stack) -> None:
         assert st.inspect(service)["Config"]["User"] == "fedattack", service
         if service in ("credentials", "data-init", "attack"):
             assert host["NetworkMode"] == "none", service
-    st.serve()
-    probe = "import os; open('/tmp/x', 'w'); print(os.getuid()); open('/app/x', 'w')"
-    res = subprocess.run(
-        [docker(), "exec", st.cid("site-a"), "python", "-c", probe],
-        env=st.env,
-        capture_output=True,
-        text=True,
-    )
-    assert res.stdout.strip() == "10001" and "Read-only file system" in res.stderr, res.stdout + res.stderr
-    status = sh([docker(), "exec", st.cid("site-a"), "cat", "/proc/self/status"], st.env)
+    writes = live["writes"]
+    assert writes.stdout.strip() == "10001" and "Read-only file system" in writes.stderr, writes
+    status = live["status"].stdout
     caps = {ln.split(":")[0]: ln.split()[1] for ln in status.splitlines() if ln.startswith("Cap")}
     assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == "0000000000000000", caps
     assert "NoNewPrivs:\t1" in status
 
 
 def test_superlink_ran_with_tls_and_node_auth(stack) -> None:
-    st, _, _ = stack
-    st.serve()
-    cmdlines = sh(
-        [docker(), "exec", st.cid("superlink"), "python", "-c",
-         "import glob; print(*(open(p, 'rb').read().replace(b'\\0', b' ').decode() "
-         "for p in glob.glob('/proc/[0-9]*/cmdline')), sep='\\n')"],
-        st.env,
-    )  # fmt: skip
+    st, _, _, live = stack
+    cmdlines = live["cmdlines"].stdout
     link = next(ln for ln in cmdlines.splitlines() if "flower-superlink" in ln)
     for flag in ("--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile", "--enable-supernode-auth"):
         assert flag in link, link
@@ -151,18 +171,9 @@ def test_sites_network_reaches_only_the_fleet_api(stack) -> None:
     """From a site's container (the federation network, holding ca.crt): the Control API
     behind the published port answers 403, the SuperLink's own port is closed, and the
     SuperLink runs with the SuperExec secret, the signed app and trusted entities at the sites."""
-    st, _, _ = stack
-    probe = (
-        "import socket,ssl,urllib.request,urllib.error\n"
-        "ctx = ssl.create_default_context(cafile='/sites/A/ca.crt')\n"
-        "req = urllib.request.Request('https://superlink:9093/v1/control/list-runs', b'', "
-        "{'Content-Type': 'application/protobuf'}, method='POST')\n"
-        "try:\n    print(urllib.request.urlopen(req, context=ctx, timeout=20).status)\n"
-        "except urllib.error.HTTPError as e:\n    print(e.code)\n"
-        "s = socket.socket(); s.settimeout(5); print(s.connect_ex(('superlink', 9091)) != 0)\n"
-    )
-    out = sh([docker(), "exec", st.cid("site-a"), "python", "-c", probe], st.env).split()
-    assert out == ["403", "True"], out
+    st, _, _, live = stack
+    out = live["from-a-site"].stdout.split()
+    assert out == ["403", "True"], live["from-a-site"]
     link = st.compose("logs", "--no-color", "superlink")
     assert "on 127.0.0.1:9091 for the operator's tools" in link and "(nothing else)" in link, link[-2000:]
     assert "runs apps signed by a key in /sites/A/trusted-entities.yaml" in st.compose(
@@ -173,7 +184,7 @@ def test_sites_network_reaches_only_the_fleet_api(stack) -> None:
 def test_service_logs_read_as_plain_lines(stack) -> None:
     """What `docker compose up` shows: Flower's lines without colour escapes and without
     the empty "INFO :" lines between them (deploy/flower/readable.py), the job's round progress."""
-    st, _, _ = stack
+    st, _, _, _ = stack
     for service in ["superlink", *SITES]:
         log = st.compose("logs", "--no-color", service)
         assert "\x1b[" not in log, service
@@ -184,7 +195,7 @@ def test_service_logs_read_as_plain_lines(stack) -> None:
 
 
 def test_sites_mount_only_their_volume(stack) -> None:
-    st, _, _ = stack
+    st, _, _, _ = stack
     project = st.project
     for site in SITES:
         mounts = st.inspect(site)["Mounts"]
@@ -194,7 +205,7 @@ def test_sites_mount_only_their_volume(stack) -> None:
 
 
 def test_a_second_study_is_harmless(stack) -> None:
-    st, tmp, _ = stack
+    st, tmp, _, _ = stack
     before = _verified_store(st, tmp / "store-1")
     started = st.inspect("attack")["State"]["StartedAt"]
     st.study_until_reported()
