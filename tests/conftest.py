@@ -40,6 +40,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     _group_for_workers(config, items)
 
 
+class _GroupsTookEffect:
+    """Under --dist loadgroup every test id must carry its group: where pytest ignores how
+    xdist marks it (pytest 9 with xdist 3.8), each test is scheduled alone and a module's
+    fixtures (a federation, the compose study) are built again in every worker."""
+
+    @pytest.hookimpl(trylast=True)  # after xdist's own hook, which suffixes "@group" to the ids
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        if getattr(config.option, "loadgroup", False) and any("@" not in it.nodeid for it in items):
+            raise pytest.UsageError(
+                "pytest-xdist's --dist loadgroup did not group the tests (pytest "
+                f"{pytest.__version__}); install the versions pyproject.toml pins (make setup)"
+            )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("dist", "no") == "loadgroup" and int(pytest.__version__.split(".")[0]) >= 9:
+        # said here, in the controller: a worker's refusal shows only as xdist's INTERNALERROR
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} ignores how pytest-xdist's --dist loadgroup groups tests; "
+            "install the versions pyproject.toml pins (make setup)"
+        )
+    config.pluginmanager.register(_GroupsTookEffect(), "fedattack-groups-took-effect")
+
+
 # The units of work that took longest in CI (pytest --durations, summed per unit), longest
 # first: handed out first, so that no long one starts last. A scheduling hint only.
 LONGEST = (
