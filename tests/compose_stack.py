@@ -5,6 +5,7 @@ container commands, read from README.md, run as written."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -68,6 +69,24 @@ def readme_commands() -> list[str]:
     return [ln.split("#", 1)[0].strip() for ln in block.splitlines() if ln.split("#", 1)[0].strip()]
 
 
+def build_image(env: dict[str, str]) -> str:
+    """README's image command as written (`make image`: with no registry here, the base
+    image from Debian packages; .ci/run made it and the wheelhouse already, as a first
+    `make image` would have), under a lock: test workers that need the image build it one
+    at a time (the second finds every layer cached)."""
+    (command,) = [c for c in readme_commands() if c.startswith("make image")]
+    as_typed = {**env, "PATH": os.environ["PATH"]}  # the user's PATH: make's python3 is theirs
+    lock = REPO / ".cache" / "compose-image.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with lock.open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = subprocess.run(
+            ["bash", "-c", command], cwd=REPO, env=as_typed, capture_output=True, text=True, timeout=1800
+        )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return "fedattack:latest"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -90,7 +109,7 @@ def tiny_config(path: Path, overrides: dict[str, Any]) -> Path:
 
 class Stack:
     def __init__(self, env: dict[str, str], tmp: Path, project: str, config: dict[str, Any]) -> None:
-        cfg = tiny_config(tmp / "tiny.yaml", config)
+        self.config = cfg = tiny_config(tmp / "tiny.yaml", config)
         mount = [f"{cfg}:/app/configs/compose.yaml:ro"]
         override = tmp / "docker-compose.tiny.yml"
         services = {s: {"volumes": mount} for s in ("data-init", "job", "attack")}
@@ -104,6 +123,10 @@ class Stack:
             "FEDATTACK_REPORT_DIR": str(self.report),
         }
         self.base = ["docker-compose", "-f", "docker-compose.yml", "-f", str(override)]
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        """The next study runs with these overrides of configs/compose.yaml (the same mount)."""
+        tiny_config(self.config, config)
 
     def compose(self, *args: str, timeout: float = 120, check: bool = True) -> str:
         return sh([*self.base, *args], self.env, timeout, check)

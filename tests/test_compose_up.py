@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from shared.store.folder import CheckpointStore
-from tests.compose_stack import Stack, docker, engine_env, readme_commands, sh
+from tests.compose_stack import Stack, build_image, docker, engine_env, sh
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.docker
 
-IMAGE = "fedattack:latest"
 SITES = ["site-a", "site-b", "site-c", "site-d"]
 TINY = {
     "data.image_size": 80,
@@ -79,16 +78,7 @@ def env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def image(env: dict[str, str]) -> str:
-    """README's image command as written (`make image`: with no registry here, the base
-    image from Debian packages; .ci/run made it and the wheelhouse already, as a first
-    `make image` would have)."""
-    (command,) = [c for c in readme_commands() if c.startswith("make image")]
-    as_typed = {**env, "PATH": os.environ["PATH"]}  # the user's PATH: make's python3 is theirs
-    res = subprocess.run(
-        ["bash", "-c", command], cwd=REPO, env=as_typed, capture_output=True, text=True, timeout=1800
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return IMAGE
+    return build_image(env)
 
 
 @pytest.fixture(scope="module")
@@ -204,16 +194,29 @@ def test_sites_mount_only_their_volume(stack) -> None:
         ], site
 
 
-def test_a_second_study_is_harmless(stack) -> None:
+def test_a_second_study_with_a_site_killed_is_harmless(stack) -> None:
+    """README's study command again on the same volumes, with Compose v2 this time and
+    min_sites 3; site-d killed once the job reports round 0 (the sites' validation of a
+    round comes back with the next round's training, so the kill lands in the fine-tune
+    step): the federation completes on three sites and the study ends with its report;
+    the keys are not remade, and the store is the new study's alone (site D's local model
+    of the first study is not left beside it). Nothing is left running."""
     st, tmp, _, _ = stack
     before = _verified_store(st, tmp / "store-1")
     started = st.inspect("attack")["State"]["StartedAt"]
-    st.study_until_reported()
+    st.reconfigure({**TINY, "federation.min_sites": 3, "federation.round_timeout_s": 180})
+    code, printed = _kill_site_d_after_round_0(st)
+    assert code == 0, printed[-4000:]
+    assert "run complete" in printed and "study complete" in _last(printed), printed[-4000:]
     assert st.inspect("attack")["State"]["StartedAt"] != started  # the study really ran again
     register = st.compose("logs", "--no-color", "register")
     assert register.count("already registered") == 4, register  # same keys, not remade
     after = _verified_store(st, tmp / "store-2")
-    assert len(before.models()) == len(after.models()) == 5  # a fresh study, not a mixed store
+    assert len(before.models()) == 5
+    assert sorted(m.site or "" for m in after.models()) == ["", "A", "B", "C"]
+    manifest = json.loads((tmp / "store-2" / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["missing"] == ["resnet50-local-D"]
+    assert st.running() == [], st.running()
 
 
 def test_image_holds_no_credentials_and_no_data(env: dict[str, str], image: str) -> None:
@@ -232,45 +235,43 @@ def test_image_holds_no_credentials_and_no_data(env: dict[str, str], image: str)
     assert "COPY deploy/docker/wheelhouse" not in history
 
 
-@pytest.mark.parametrize("min_sites", [3, 4])
-def test_a_site_killed_mid_run(env: dict[str, str], image: str, tmp_path: Path, min_sites: int) -> None:
-    """README's study command, with Compose v2 this time; site-d killed once the job
-    reports round 0 (the sites' validation of a round comes back with the next round's
-    training, so the kill lands in the fine-tune step): with min_sites 3 the federation
-    completes on three sites and the study ends with its report; with 4 the study ends
-    non-zero, the job's reason (how many sites replied) among its last lines. Either way
-    nothing is left running."""
+def _last(printed: str, n: int = 20) -> str:
+    return "\n".join(printed.rstrip().splitlines()[-n:])
+
+
+def _kill_site_d_after_round_0(st: Stack) -> tuple[int, str]:
+    """README's study command with Compose v2; site-d killed once the job reports round 0.
+    Returns the study's exit code and what it printed."""
     compose_v2 = REPO / ".cache" / "compose-v2" / "docker-compose"
     assert compose_v2.exists(), "make compose-v2 fetches it (make test does)"
-    config = {**TINY, "federation.min_sites": min_sites, "federation.round_timeout_s": 180}
-    st = Stack(env, tmp_path, f"fedattackkill{min_sites}x{os.getpid()}", config)
-    st.down()
     study, out = st.study(compose=str(compose_v2))
     try:
         deadline = time.monotonic() + 600
         while "round 0 done" not in out.read_text():
             assert time.monotonic() < deadline and study.poll() is None, out.read_text()[-3000:]
             time.sleep(2)
-        sh([docker(), "kill", st.cid("site-d")], env)
-        code = study.wait(timeout=600)
-        printed = out.read_text()
-        last = "\n".join(printed.rstrip().splitlines()[-20:])
-        if min_sites == 3:
-            # the quorum's study is complete, and the manifest names site D's missing local model
-            assert code == 0, printed[-4000:]
-            assert "run complete" in printed and "study complete" in last, printed[-4000:]
-            manifest = json.loads(
-                st.copy_out("attack", "/runs/checkpoints/manifest.json", tmp_path / "m.json").read_text()
-            )
-            assert sorted(m["site"] or "" for m in manifest["models"]) == ["", "A", "B", "C"]
-            assert manifest["complete"] is True and manifest["missing"] == ["resnet50-local-D"]
-        else:
-            assert code != 0, printed[-4000:]
-            assert "of the required 4 sites" in last or "required SuperNodes" in last, last
-            assert "study FAILED" in last, last
-        assert st.running() == [], st.running()
+        sh([docker(), "kill", st.cid("site-d")], st.env)
+        return study.wait(timeout=600), out.read_text()
     finally:
         if study.poll() is None:
             study.kill()
         st.tail()
+
+
+@pytest.mark.xdist_group("compose-kill")  # a stack of its own: runs beside the main one
+def test_a_site_killed_mid_run_with_min_sites_4(env: dict[str, str], image: str, tmp_path: Path) -> None:
+    """The same kill with min_sites 4 on a fresh stack: the study ends non-zero, the job's
+    reason (how many sites replied) among its last lines, and nothing is left running
+    (min_sites 3 is the second study on the main stack, above)."""
+    config = {**TINY, "federation.min_sites": 4, "federation.round_timeout_s": 180}
+    st = Stack(env, tmp_path, f"fedattackkill4x{os.getpid()}", config)
+    st.down()
+    try:
+        code, printed = _kill_site_d_after_round_0(st)
+        last = _last(printed)
+        assert code != 0, printed[-4000:]
+        assert "of the required 4 sites" in last or "required SuperNodes" in last, last
+        assert "study FAILED" in last, last
+        assert st.running() == [], st.running()
+    finally:
         st.down()
