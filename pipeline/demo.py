@@ -12,7 +12,7 @@ from attack.reports.readback import read_models
 from attack.service import run_attack
 from deploy.local import federate
 from shared.config.experiment import load_config
-from shared.prep.synth.twin import synthesize
+from shared.prep.synth.kinds import MARKERS, synthesize_kinds
 from shared.store.checkpoint import ModelEntry
 from shared.store.folder import CheckpointStore
 
@@ -37,7 +37,8 @@ def run_demo(
         overrides["seed"] = seed
     base = load_config(config, overrides)
     data = base.output_dir / "data"
-    overrides |= {"data.datasets.nih.root": str(data / "nih"), "data.datasets.rsna.root": str(data / "rsna")}
+    kinds = [ds.kind for ds in base.data.datasets.values()]
+    overrides |= {f"data.datasets.{n}.root": str(data / ds.kind) for n, ds in base.data.datasets.items()}
     if patients:
         overrides["synth.patients"] = patients
     if size:
@@ -45,9 +46,9 @@ def run_demo(
     cfg = load_config(config, overrides)
     t0 = time.monotonic()
     step = "[demo 1/3]"
-    if not (data / "nih" / "Data_Entry_2017_v2020.csv").exists():
+    if not all((data / k / MARKERS[k]).exists() for k in kinds):
         print(f"{step} writing the synthetic twin to {data} (seed {cfg.seed})", flush=True)
-        synthesize(data, cfg.synth.patients, cfg.synth.size, cfg.seed, cfg.synth.positive_rate)
+        synthesize_kinds(data, kinds, cfg.synth.patients, cfg.synth.size, cfg.seed, cfg.synth.positive_rate)
     else:
         print(f"{step} reusing the synthetic twin in {data}", flush=True)
     print(

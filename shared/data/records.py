@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import gzip
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from shared.errors import DatasetError
@@ -36,13 +37,22 @@ class DatasetIndex:
     root: Path
     samples: tuple[Sample, ...]
     missing: tuple[str, ...] = ()
+    # patient id -> "test" | "site": a side the dataset's own published split fixes (MIMIC's
+    # official split); the split puts those patients there
+    pinned: dict[str, str] = field(default_factory=dict)
 
 
 def read_csv_rows(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
     """Read a CSV with a header; a missing required column is an error naming it."""
     if not path.is_file():
         raise DatasetError(f"{path}: CSV not found; check the dataset root in the config")
-    raw = path.read_bytes().removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
+    raw = path.read_bytes()
+    if path.suffix == ".gz":  # MIMIC-CXR-JPG and PadChest publish their CSVs gzipped
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DatasetError(f"{path}: not a readable gzip file ({e}); download it again") from None
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
