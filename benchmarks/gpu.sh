@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU benchmark, about 8 minutes on one H100:  bash benchmarks/gpu.sh
-#  - training images/s per architecture at 224 px, AMP (bfloat16) + channels_last,
-#    against the published anchor (ResNet50 with AMP: about 2,470 img/s on one A100);
-#  - the attack job's images/s (crafting and probing, 15 models).
+# The GPU check of the study's training path (about 3 minutes on one H100):
+#   bash benchmarks/gpu.sh            (--smoke: the same code on the CPU at a tiny size)
+# One table: per architecture at the study's sizes, the site's training step through its
+# own loader (img/s), the same step on tensors already on the GPU (the compute bound), their
+# ratio and the peak GPU memory; then the attack job over the study's 15 models.
 # Prints the card's name; run from the repository root after `make setup`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

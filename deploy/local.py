@@ -16,7 +16,8 @@ from shared.config.experiment import ExperimentConfig
 from shared.config.node import NodeConfig
 from shared.data.fingerprint import split_fingerprint
 from shared.data.manifest import site_manifest_path
-from shared.errors import FederationError
+from shared.errors import ConfigError, FederationError
+from shared.events import EventLog
 from shared.prep.splits import make_splits
 from shared.store.folder import CheckpointStore
 
@@ -96,12 +97,49 @@ class LocalDeployment:
                 )
 
 
-def node_configs(cfg: ExperimentConfig) -> list[NodeConfig]:
-    """One node config per configured site, reading the local splits and cache."""
+def visible_gpus() -> int:
+    """The CUDA devices this process sees (CUDA_VISIBLE_DEVICES applies)."""
+    import torch  # only here: the launcher itself needs no torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def place_sites(sites: tuple[str, ...], pinned: dict[str, str], gpus: int) -> dict[str, str]:
+    """Each site's device: its `federation.site_devices` entry, else the visible GPUs
+    round-robin in site order (one site per GPU when there are enough), else the CPU.
+    A pinned GPU that is not there is a ConfigError naming the key, before any training."""
+    present = [f"cuda:{i}" for i in range(gpus)]
+    placed = {}
+    for i, site in enumerate(sites):
+        device = pinned.get(site) or (present[i % gpus] if gpus else "cpu")
+        if device != "cpu" and device not in present:
+            here = f"the GPUs present are {', '.join(present)}" if present else "this host has no visible GPU"
+            raise ConfigError(
+                f"federation.site_devices.{site}: {device} is not on this host ({here}); "
+                "pin the site to one of them or to 'cpu'"
+            )
+        placed[site] = device
+    return placed
+
+
+def node_configs(cfg: ExperimentConfig, gpus: int | None = None) -> list[NodeConfig]:
+    """One node config per configured site, reading the local splits and cache, each on its
+    device (place_sites; `gpus` replaces the visible GPU count)."""
+    count = visible_gpus() if gpus is None else gpus
+    devices = place_sites(cfg.data.sites, cfg.federation.site_devices, count)
     return [
-        NodeConfig(s, site_manifest_path(cfg.splits_dir, s).absolute(), cfg.cache_dir.absolute())
+        NodeConfig(
+            s, site_manifest_path(cfg.splits_dir, s).absolute(), cfg.cache_dir.absolute(), device=devices[s]
+        )
         for s in cfg.data.sites
     ]
+
+
+def record_placement(store: CheckpointStore, nodes: list[NodeConfig]) -> None:
+    """Each site's device in the run's event log and the store's manifest."""
+    devices = {n.site: n.device or "auto" for n in nodes}
+    EventLog(store.events_path).write("placement", devices=devices)
+    store.record_devices(devices)
 
 
 def federate(
@@ -115,15 +153,17 @@ def federate(
     `nodes` replaces the default one-SuperNode-per-site list (custom node configs);
     `on_start` is called with the running deployment (tests use it to kill a site)."""
     store = CheckpointStore(cfg.store_dir.absolute())
-    make_splits(cfg.data, cfg.seed, cfg.splits_dir)
+    nodes = nodes if nodes is not None else node_configs(cfg)  # a missing GPU refused first
+    make_splits(cfg.data, cfg.splitting_seed, cfg.splits_dir)
     if not resume:
         store.reset()  # the ServerApp does the same on a fresh run; the progress printer starts clean
     cfg.dump(store.config_path)
     progress = ProgressPrinter(store.events_path)
-    nodes = nodes if nodes is not None else node_configs(cfg)
     with LocalDeployment(cfg.output_dir / "deployment", nodes, cfg.training.threads) as dep:
+        placed = ", ".join(f"{n.site} {n.device or 'auto'}" for n in nodes)
         print(
-            f"SuperLink on {LOOPBACK}:{dep.port}; {len(dep.nodes)} SuperNodes; logs in {dep.group.log_dir}",
+            f"SuperLink on {LOOPBACK}:{dep.port}; {len(dep.nodes)} SuperNodes ({placed}); "
+            f"logs in {dep.group.log_dir}",
             flush=True,
         )
         if on_start is not None:
@@ -139,5 +179,6 @@ def federate(
             str(dep.group.log_dir / "superlink.log"),
             split=split_fingerprint(cfg.splits_dir),
         )
+    record_placement(store, nodes)  # after the runs: a fresh study's first run resets the log
     store.check_complete()
     return store.root

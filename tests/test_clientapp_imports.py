@@ -107,7 +107,7 @@ def test_the_clientapp_does_not_import_at_start(lazy: str) -> None:
 def test_the_decoders_still_import_pydicom_where_they_decode() -> None:
     """The DICOM reader imports it in its body (the walk above does not read bodies)."""
     tree = ast.parse((REPO / "shared" / "data" / "images.py").read_text())
-    read_dicom = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "read_dicom")
+    read_dicom = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_decode_dicom")
     imported = {
         n
         for node in ast.walk(read_dicom)

@@ -155,13 +155,35 @@ def test_every_service_is_hardened(files: list[str]) -> None:
         assert "networks" not in services[name], name
 
 
+def _rendered(files: list[str], env: dict[str, str]) -> dict:
+    """`config` as Compose v2 renders it (its binary from `make compose-v2`), else 1.29's."""
+    v2 = REPO / ".cache" / "compose-v2" / "docker-compose"
+    exe = str(v2) if v2.exists() else _docker_compose()
+    args = [a for f in files for a in ("-f", f)]
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("FEDATTACK_GPU_")} | env
+    res = subprocess.run(
+        [exe, *args, "config"], cwd=REPO, capture_output=True, text=True, timeout=60, env=run_env
+    )
+    assert res.returncode == 0, res.stderr
+    return yaml.safe_load(res.stdout)["services"]
+
+
+def _gpus(service: dict) -> dict:
+    (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
+    return device
+
+
 @pytest.mark.integration
-def test_gpu_override_reserves_a_gpu_per_site_and_for_the_attack() -> None:
-    services = _merged(["docker-compose.yml", "docker-compose.gpu.yml"])["services"]
-    for name in ("site-a", "site-b", "site-c", "site-d", "attack"):
-        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"], name
-    assert "deploy" not in _merged(["docker-compose.yml"])["services"]["site-a"]
+def test_gpu_override_pins_each_site_to_its_own_gpu_and_the_attack_to_all() -> None:
+    files = ["docker-compose.yml", "docker-compose.gpu.yml"]
+    services = _rendered(files, {})
+    pinned = {s: _gpus(services[f"site-{s.lower()}"])["device_ids"] for s in "ABCD"}
+    assert pinned == {"A": ["0"], "B": ["1"], "C": ["2"], "D": ["3"]}
+    assert "device_ids" not in _gpus(services["attack"]) and _gpus(services["attack"])["count"] in ("all", -1)
+    two = _rendered(files, {"FEDATTACK_GPU_C": "0", "FEDATTACK_GPU_D": "1"})  # the documented mapping
+    assert [_gpus(two[f"site-{s}"])["device_ids"] for s in "abcd"] == [["0"], ["1"], ["0"], ["1"]]
+    assert "deploy" not in _rendered(["docker-compose.yml"], {})["site-a"]
 
 
 @pytest.mark.unit

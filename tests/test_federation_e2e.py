@@ -101,6 +101,11 @@ def test_three_architectures_give_15_verified_models(three_arch_store) -> None:
     rows = [json.loads(x) for x in (store.root / "metrics.jsonl").read_text().splitlines()]
     assert {r["event"] for r in rows} >= {"site-train", "site-evaluate", "round", "run-done"}
     assert (store.root / "metrics.png").stat().st_size > 10_000
+    # each site's device, placed by the launcher (no GPU here: the CPU), in the log and the store
+    placed = {s: "cpu" for s in cfg.data.sites}
+    assert manifest["devices"] == placed
+    assert [r["devices"] for r in rows if r["event"] == "placement"] == [placed]
+    assert f"{len(placed)} SuperNodes (A cpu, B cpu" in stdout
     # the local SuperLink kept its state in memory: no database of every model sent
     assert list((cfg.output_dir / "deployment").rglob("*.db")) == []
     assert leftovers(str(cfg.output_dir)) == []

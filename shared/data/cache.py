@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.config.data import DEFAULT_MAX_PIXELS
-from shared.data.images import read_image, resize_to_uint8
+from shared.config.data import DEFAULT_MAX_PIXELS, loader_workers
+from shared.data.images import read_resized
 from shared.data.manifest import Manifest
 from shared.errors import DatasetError, ImageReadError
 from shared.io import DISK_FULL, disk_full
@@ -104,7 +104,7 @@ def _worker_start(parent: int) -> None:
 def _decode(args: tuple[str, int, int]) -> tuple[np.ndarray | None, str | None]:
     path, size, max_pixels = args
     try:
-        return resize_to_uint8(read_image(Path(path), max_pixels), size), None
+        return read_resized(Path(path), size, max_pixels), None
     except ImageReadError as e:
         return None, str(e)
 
@@ -165,6 +165,7 @@ def _build(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> CachedPart:
     samples = manifest.part(part)
+    workers = loader_workers(workers)
     log.info("caching %s/%s: %d images at %d px", manifest.name, part, len(samples), size)
     jobs = [(str(manifest.data_root / s.relpath), size, max_pixels) for s in samples]
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")

@@ -25,6 +25,7 @@ HEAD_BYTES = 1 << 20  # the header of a deflated file is parsed from this much i
 _STEP = 1 << 16
 _PIXEL_DATA = 0x7FE00010
 _SLACK = 16 << 20  # inflated bytes beyond the declared pixels (other elements, overlays)
+_DEFER = 1 << 16  # elements larger than this (the pixel data) are read only when used
 
 
 def declared_pixels(ds: Dataset) -> int:
@@ -53,19 +54,28 @@ def _over(ds: Dataset, max_pixels: int) -> str | None:
     return too_many_pixels(what, n, max_pixels)
 
 
-def check_dicom_header(path: Path, max_pixels: int) -> str | None:
-    """Why the file must not be decoded (too many pixels declared, a deflate bomb), or None.
-    Errors reading it are left to the full read that follows."""
+def read_dicom_header(path: Path, max_pixels: int) -> tuple[Dataset | None, str | None]:
+    """The file's dataset with its pixel data not yet read (pydicom reads it when asked:
+    one parse of the header per file), or why the file must not be decoded (too many pixels
+    declared, a deflate bomb). A deflated file is checked in bounded steps first and then
+    read whole (its pixel data cannot be deferred). Errors reading the file are raised."""
     try:
-        meta = read_file_meta_info(path)
+        meta = read_file_meta_info(path)  # the small group 2 only
     except FileNotFoundError:
         raise
     except Exception:  # no file meta: not deflated; the full read reports what is wrong
         meta = None
     if meta is not None and meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-        return _check_deflated(path, meta, max_pixels)
-    header = pydicom.dcmread(path, stop_before_pixels=True)
-    return _over(header, max_pixels)
+        problem = _check_deflated(path, meta, max_pixels)
+        return (None, problem) if problem else (pydicom.dcmread(path), None)
+    ds = pydicom.dcmread(path, defer_size=_DEFER)
+    problem = _over(ds, max_pixels)
+    return (None, problem) if problem else (ds, None)
+
+
+def check_dicom_header(path: Path, max_pixels: int) -> str | None:
+    """Why the file must not be decoded, or None (read_dicom_header's check alone)."""
+    return read_dicom_header(path, max_pixels)[1]
 
 
 def _check_deflated(path: Path, meta: Dataset, max_pixels: int) -> str | None:

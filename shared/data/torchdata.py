@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from shared.data.cache import CachedPart
 
@@ -27,6 +29,23 @@ class CachedDataset(Dataset):
         return x, int(self.part.labels[i])
 
 
+class _PersistentShuffle(RandomSampler):
+    """RandomSampler for a loader with persistent workers, in the order a loader without
+    them gives: that one draws its workers' base seed from the shared generator before every
+    epoch's permutation, a persistent one before the first only; this one draws the missing
+    seeds itself, so a seed gives the same batches either way."""
+
+    def __init__(self, data: Dataset, generator: torch.Generator) -> None:
+        super().__init__(data, generator=generator)  # type: ignore[arg-type]
+        self.epochs = 0
+
+    def __iter__(self) -> Iterator[int]:
+        if self.epochs:
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
+        self.epochs += 1
+        yield from super().__iter__()
+
+
 def make_loader(
     part: CachedPart,
     channels: int,
@@ -35,16 +54,20 @@ def make_loader(
     workers: int,
     seed: int,
 ) -> DataLoader:
-    """A loader with worker processes (when workers > 0) and an explicit shuffle seed."""
+    """A loader with persistent worker processes (when workers > 0) and an explicit shuffle
+    seed; the batches depend on the seed only, not on the workers."""
     g = torch.Generator()
     g.manual_seed(seed)
+    data = CachedDataset(part, channels)
+    sampler = _PersistentShuffle(data, g) if shuffle and workers > 0 else None
     return DataLoader(
-        CachedDataset(part, channels),
+        data,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle if sampler is None else None,
+        sampler=sampler,
         drop_last=shuffle and len(part) > batch_size,  # no 1-image BatchNorm batches
         num_workers=workers,
         generator=g,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
+        persistent_workers=workers > 0,
     )

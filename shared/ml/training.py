@@ -69,6 +69,40 @@ def restart_batchnorm_statistics(model: nn.Module) -> None:
             m.momentum = None
 
 
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CROP_AREA = (0.85, 1.0)  # augment: the share of the image area a random resized crop keeps
+ROTATION_DEG = 5.0  # augment: the largest rotation either way
+
+
+def augment_batch(x: torch.Tensor) -> torch.Tensor:
+    """Chest X-ray train-time augmentation, per image, on x's device: a random resized crop
+    (CROP_AREA of the area, square, anywhere inside the image) and a rotation within
+    +-ROTATION_DEG, by one bilinear resampling (border pixels repeat at the corners)."""
+    n = x.shape[0]
+    side = torch.empty(n, device=x.device).uniform_(*CROP_AREA).sqrt()
+    angle = torch.empty(n, device=x.device).uniform_(-ROTATION_DEG, ROTATION_DEG).deg2rad()
+    shift = (torch.rand(n, 2, device=x.device) * 2 - 1) * (1 - side)[:, None]
+    cos, sin = angle.cos() * side, angle.sin() * side
+    rows = [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)]
+    theta = torch.stack(rows, 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How a training step runs on its device: autocast dtype (None: fp32), loss scaling,
+    augmentation."""
+
+    amp: torch.dtype | None = None
+    augment: bool = False
+
+    @classmethod
+    def on(cls, device: torch.device, precision: str = "bf16", augment: bool = False) -> StepSettings:
+        """Mixed precision on CUDA only (the CPU trains in fp32, the reference results)."""
+        return cls(AMP.get(precision) if device.type == "cuda" else None, augment)
+
+
 def train_epochs(
     model: nn.Module,
     loader: DataLoader,
@@ -78,35 +112,44 @@ def train_epochs(
     class_weights: torch.Tensor | None = None,
     adversarial: AdversarialTraining | None = None,
     proximal: Proximal | None = None,
+    step: StepSettings | None = None,
 ) -> float:
     """Train for `epochs`; return the mean training loss of the last epoch. `class_weights`
     weighs the cross-entropy per class (see `balanced_weights`); `adversarial` replaces a
     share of each batch by adversarial images (shared.ml.adversarial); `proximal` adds
-    FedProx's term to the loss."""
+    FedProx's term to the loss; `step` the precision and augmentation (default: bf16 on
+    CUDA, no augmentation). The losses add up on the device (float64, as Python's float
+    did), so the host waits for the GPU once per epoch, not once per step."""
     model.train()
+    step = step or StepSettings.on(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed-size batches: pick the fastest kernels once
     weight = None if class_weights is None else class_weights.to(device)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=step.amp == torch.float16)
     mean_loss = math.nan
     for _ in range(epochs):
-        total, n = 0.0, 0
+        total, n = torch.zeros((), dtype=torch.float64, device=device), 0
         for x, y in loader:
             x, y = _to(x, device), y.to(device, non_blocking=True)
+            if step.augment:
+                x = augment_batch(x)
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(
-                device.type, dtype=torch.bfloat16 if use_amp else torch.float32, enabled=use_amp
-            ):
+            with torch.autocast(device.type, dtype=step.amp or torch.float32, enabled=step.amp is not None):
                 if adversarial is not None:
                     x = mix(model, x, y, adversarial, weight)
                 loss = F.cross_entropy(model(x), y, weight=weight)
             if proximal is not None:
                 loss = loss + proximal.term(model)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            total += float(loss.detach()) * len(y)
+            if scaler.is_enabled():
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            total += loss.detach().double() * len(y)
             n += len(y)
-        mean_loss = total / max(n, 1)
+        mean_loss = float(total) / max(n, 1)
     return mean_loss
 
 

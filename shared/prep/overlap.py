@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from shared.config.data import loader_workers
 from shared.data.images import read_image, resize_to_uint8
 from shared.data.records import DatasetIndex
 from shared.errors import ImageReadError
@@ -152,6 +153,7 @@ def _load_cache(path: Path) -> dict[str, tuple[tuple[int, int], bool, bytes, int
 
 
 def _decode_all(paths: list[str], workers: int) -> Iterator[tuple[bytes, int, np.ndarray] | None]:
+    workers = loader_workers(workers)
     if workers > 0 and len(paths) > 256:
         with ProcessPoolExecutor(max_workers=workers) as ex:
             yield from ex.map(_hash_file, paths, chunksize=32)

@@ -99,6 +99,13 @@ class CheckpointStore:
             m["split"] = dict(sorted(digests.items()))
             self._write_manifest(m)
 
+    def record_devices(self, devices: dict[str, str]) -> None:
+        """Where each site trained (site -> device), as the launcher placed it."""
+        with self._locked():
+            m = self.read_manifest()
+            m["devices"] = dict(sorted(devices.items()))
+            self._write_manifest(m)
+
     def reset(self) -> None:
         """Forget an earlier study: its manifest (complete or not) and its metrics log."""
         with self._locked():
