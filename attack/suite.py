@@ -23,7 +23,7 @@ from attack.measure.core import (
 from attack.measure.outsider import train_outsiders
 from attack.measure.threats import check_threat_names, insider_sources, member_sources, outsider_sources
 from attack.measure.transfer import measure
-from attack.methods.registry import build_attack, check_attack_names
+from attack.methods.registry import build_attack, check_attack_names, parse_attack_name
 from attack.reports.heatmap import heatmap_png
 from attack.reports.provenance import Provenance
 from attack.reports.records import Ensemble, SuiteMeta, SuiteRow
@@ -58,6 +58,12 @@ def check_suite(cfg: ExperimentConfig, req: SuiteRequest) -> None:
         )
     if "outsider" in req.threats and cfg.data.split.public_fraction == 0:
         raise AttackError(f"data.split.public_fraction is 0: {_NO_PUBLIC}")
+    kernel, side = cfg.attack.iterative.kernel_size, cfg.data.image_size
+    if kernel > side and any(parse_attack_name(a)[0] == "tifgsm" for a in req.attacks + req.sweep_attacks):
+        raise AttackError(
+            f"attack.iterative.kernel_size {kernel} is larger than the images (data.image_size {side}): "
+            f"TI-FGSM's kernel must fit; use an odd size up to {side - 1 + side % 2}"
+        )
 
 
 def check_suite_data(cfg: ExperimentConfig, req: SuiteRequest) -> None:
@@ -134,7 +140,7 @@ def run_suite(
     ensemble = Ensemble(cfg.attack.suite.ensemble, _fit_scales(sources, probe, s))
     meta = SuiteMeta(cfg.seed, len(probe.data), provenance, ensemble)
     rows: dict[tuple[str, str, float], SuiteRow] = {}
-    runs = [(a, t, cfg.attack.eps) for a in req.attacks for t in req.threats]
+    runs: list[tuple[str, str, float]] = [(a, t, cfg.attack.eps) for a in req.attacks for t in req.threats]
     runs += [
         (a, t, e)
         for a in req.sweep_attacks

@@ -8,9 +8,11 @@ printed with the raw times:
             source, one forward per probed image per target) and vs the peer
             baseline (torchattacks' FGSM per source, then a plain evaluation loop per
             source/target pair)
-  suite     every other attack of the registry (BIM, PGD, MI-FGSM, DI-FGSM, MI-DI, UAP,
-            targeted UAP) vs its own compute bound (steps x forward+backward per crafted
-            image, epochs x forward+backward per fit image, one forward per probe)
+  suite     every other attack of the registry (BIM, PGD, MI-FGSM, DI-FGSM, MI-DI, NI, SI-NI,
+            VMI, TI, SGM, BSR, UAP, targeted UAP; --suite-attacks picks rows) vs its own
+            compute bound (the forward+backward passes its maths needs per crafted image:
+            benchmarks.run.gradient_passes; epochs x forward+backward per fit image; one
+            forward per probe)
   scaling   time and peak RSS of the job for 3, 6, 9, 15 models; fit to M crafts + M^2 probes
   memory    peak RSS of the job for 15 models at 224 px
   data      warm-cache loading time per epoch / training step time; decode throughput of
@@ -62,17 +64,17 @@ def best_of(repeats: int, fns: dict[str, Callable[[], object]]) -> dict[str, flo
 # --- the attack job ---------------------------------------------------------------------------
 
 
-def make_models(m: int, size: int) -> list:
-    """`m` untrained models (attack.measure.core.Target) cycling through the three architectures,
-    their heads biased to 'pneumonia' so that every image is classified correctly and
-    attacked (the full load)."""
+def make_models(m: int, size: int, archs: tuple[str, ...] = ARCHS) -> list:
+    """`m` untrained models (attack.measure.core.Target) cycling through `archs` (the study's
+    three CNNs unless --archs names others: a ViT, ConvNeXt, ...), their heads biased to
+    'pneumonia' so that every image is classified correctly and attacked (the full load)."""
     from attack.measure.core import Target
     from shared.ml.models import build_model
 
     torch.manual_seed(0)
     models = []
     for i in range(m):
-        arch = ARCHS[i % len(ARCHS)]
+        arch = archs[i % len(archs)]
         net = build_model(arch, size, 1).eval()
         head = net.net.get_classifier()
         with torch.no_grad():  # untrained InceptionV3's logits reach 1e6: scale the head down
@@ -121,7 +123,7 @@ def bound_passes(models: list, x: torch.Tensor, batch: int, attacked: dict[str, 
         for p in net.parameters():
             p.requires_grad_(False)
     y = torch.ones(batch, dtype=torch.long)
-    steps = getattr(attack, "steps", getattr(attack, "epochs", 1))
+    steps = gradient_passes(attack)
 
     def forwards(imgs: torch.Tensor, net) -> None:
         with torch.inference_mode():
@@ -143,6 +145,18 @@ def bound_passes(models: list, x: torch.Tensor, batch: int, attacked: dict[str, 
     probes = torch.cat([x[: attacked[name]] for name in nets])  # every source's adversarial set
     probe = sum(timed(lambda n=net: forwards(probes, n)) for net in nets.values())
     return clean + craft + probe
+
+
+def gradient_passes(attack) -> int:
+    """Forward+backward passes per crafted image that the attack's maths needs: FGSM 1;
+    iterative attacks `steps`, times SI's scale copies, times BSR's block copies, plus VMI's
+    neighbours on every step but the last (whose variance no step uses); SGM and TI add no
+    pass (a scaled backward, a small convolution); universal attacks `epochs` per fit image."""
+    if attack.universal:
+        return attack.epochs
+    steps = getattr(attack, "steps", 1)
+    copies = getattr(attack, "scale_copies", 1) * max(getattr(attack, "block_copies", 0), 1)
+    return steps * copies + (steps - 1) * getattr(attack, "variance_samples", 0)
 
 
 def peer_baseline(models: list, x: torch.Tensor, batch: int) -> None:
@@ -171,7 +185,7 @@ def peer_baseline(models: list, x: torch.Tensor, batch: int) -> None:
 
 def bench_attack(args: argparse.Namespace) -> None:
     size, n, batch = args.attack_size, args.attack_images, 32
-    models = make_models(3, size)
+    models = make_models(len(args.archs), size, args.archs)
     x = attack_images(n, size)
     run_job(models, x[:batch], batch)  # warm-up (first calls are slow)
     attacked = {k: len(v) for k, v in run_job(models, x, batch).attacked.items()}
@@ -181,8 +195,8 @@ def bench_attack(args: argparse.Namespace) -> None:
         t["bound"] = min(t["bound"], bound_passes(models, x, batch, attacked))
         t["peer"] = min(t["peer"], timed(lambda: peer_baseline(models, x, batch)))
     print(
-        f"\n[attack] 3 models (one per architecture), {n} images at {size} px, batch {batch}, "
-        f"CPU, best of {args.repeats}"
+        f"\n[attack] {len(models)} models (one per architecture: {', '.join(args.archs)}), {n} images "
+        f"at {size} px, batch {batch}, CPU, best of {args.repeats}"
     )
     print(f"  images attacked per source: {attacked}")
     print(
@@ -199,14 +213,14 @@ def bench_suite(args: argparse.Namespace) -> None:
     from attack.methods.registry import REGISTRY
 
     size, n, batch = args.attack_size, args.attack_images, 32
-    models = make_models(3, size)
+    models = make_models(len(args.archs), size, args.archs)
     x = attack_images(n, size)
     print(
-        f"\n[suite] 3 models (one per architecture), {n} images at {size} px, batch {batch}, "
+        f"\n[suite] {len(models)} models ({', '.join(args.archs)}), {n} images at {size} px, batch {batch}, "
         f"CPU, best of {args.repeats}; demo config (configs/demo.yaml)"
     )
     print(f"  {'attack':<13} {'passes':>18} {'job s':>7} {'bound s':>8} {'bound/job':>9}")
-    for name in [a for a in REGISTRY if a != "fgsm"]:
+    for name in args.suite_attacks or [a for a in REGISTRY if a != "fgsm"]:
         attack = suite_attack(name)
         run_job(models, x[:batch], batch, attack)  # warm-up
         attacked = {k: len(v) for k, v in run_job(models, x, batch, attack).attacked.items()}
@@ -214,9 +228,7 @@ def bench_suite(args: argparse.Namespace) -> None:
         for _ in range(args.repeats):
             job = min(job, timed(lambda a=attack: run_job(models, x, batch, a)))
             bound = min(bound, bound_passes(models, x, batch, attacked, attack))
-        passes = (
-            f"{attack.epochs} epochs (fit)" if attack.universal else f"{attack.steps} steps"  # type: ignore[attr-defined]
-        )
+        passes = f"{attack.epochs} epochs (fit)" if attack.universal else f"{gradient_passes(attack)} grads"
         print(f"  {name:<13} {passes:>18} {job:>7.2f} {bound:>8.2f} {bound / job:>9.3f}")
     print("  (target >= 0.90 for each)")
 
@@ -407,6 +419,20 @@ def main() -> None:
         nargs="+",
         default=[2, 20],
         help="local epochs per round of each Flower run (2: the demo; 20: longer local training)",
+    )
+    p.add_argument(
+        "--archs",
+        type=lambda v: tuple(a for a in v.split(",") if a),
+        default=ARCHS,
+        help="comma-separated timm names, one model each, for the attack and suite sections "
+        "(e.g. vit_small_patch16_224,convnext_atto,efficientnet_b0; a ViT's patch size must divide "
+        "--attack-size)",
+    )
+    p.add_argument(
+        "--suite-attacks",
+        type=lambda v: [a for a in v.split(",") if a],
+        default=None,
+        help="the suite section's rows (registered names, e.g. nifgsm,bsr+margin; default: all but FGSM)",
     )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--models", type=int, default=3, help=argparse.SUPPRESS)

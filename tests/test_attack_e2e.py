@@ -38,6 +38,11 @@ def fed(tmp_path_factory: pytest.TempPathFactory):
             "training.optimizer.lr": 0.003,
             "data.split.public_fraction": 0.2,  # the outsider's data
             "attack.iterative.steps": 2,
+            # the transfer attacks at their smallest sizes (CI time)
+            "attack.iterative.scale_copies": 2,
+            "attack.iterative.variance_samples": 2,
+            "attack.iterative.block_copies": 2,
+            "attack.iterative.kernel_size": 5,
             "attack.universal.epochs": 2,
             "training.class_balance": True,
             "attack.outsider.epochs": 6,
@@ -245,6 +250,9 @@ def test_an_independent_recomputation_reproduces_every_count(fed, first_run) -> 
     assert ours == counts
 
 
+NEW_ATTACKS = ("nifgsm", "sinifgsm", "vmifgsm", "tifgsm", "sgm", "bsr", "pgd+margin")
+
+
 @pytest.fixture(scope="module")
 def suite_run(fed, tmp_path_factory):
     cfg, store = fed
@@ -258,7 +266,7 @@ def suite_run(fed, tmp_path_factory):
         "--threat",
         "member,insider,outsider",
         "--eps",
-        "0.01,0.02",
+        "2/255,0.02",  # both units
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out / "suite", res
@@ -273,8 +281,8 @@ def test_suite_report_and_folders(suite_run) -> None:
             folder = suite / f"{attack_name}-{threat}"
             assert {p.name for p in folder.iterdir()} >= {"results.json", "matrix.csv", "heatmap.png"}
             assert f"[{attack_name}]({attack_name}-{threat}/results.json) | {threat} |" in md
-    assert (suite / "sweep" / "fgsm-member-eps0.01" / "results.json").exists()
-    assert (suite / "sweep.png").stat().st_size > 10_000 and "eps 0.01" in md and "ctrl" in md
+    assert (suite / "sweep" / f"fgsm-member-eps{2 / 255:g}" / "results.json").exists()
+    assert (suite / "sweep.png").stat().st_size > 10_000 and "eps 0.00784 (2/255)" in md and "ctrl" in md
     insider = json.loads((suite / "pgd-insider" / "results.json").read_text())
     assert sorted(insider["sources"]) == ["insider-A", "insider-B", "insider-C", "insider-D"]
     for c in insider["cells"]:  # a site's ensemble holds its own local model and the global
@@ -298,7 +306,42 @@ def test_suite_report_and_folders(suite_run) -> None:
     uap = json.loads((suite / "uap-member" / "results.json").read_text())
     for name, src in uap["sources"].items():  # measured only on images it was not fitted on
         assert not set(src["fit"]) & set(src["attacked"]), name
+    # both controls, the fooling rate, the perceptual figures, the ranking in both units
+    pgd = json.loads((suite / "pgd-member" / "results.json").read_text())
+    assert all(0 <= c["n_shuffled_misclassified"] <= c["n_correct_before"] for c in pgd["cells"])
+    for src in pgd["sources"].values():
+        if not src["empty"]:
+            assert src["perceptual"]["linf"] <= 0.02 + 1e-6 and 0 < src["perceptual"]["ssim"] <= 1
+    assert all(c["n_fooled"] <= c["n_fooling_images"] for c in uap["cells"])
+    assert "## Ranking at eps 0.00784 (2/255)" in md and "## Ranking at eps 0.02 (5.1/255)" in md
+    assert "| outsider | pgd |" in md
     assert "suite report:" in res.stdout
+
+
+@pytest.fixture(scope="module")
+def transfer_run(fed, tmp_path_factory):
+    """The transfer literature's attacks at their smallest sizes, on the outsider's one
+    surrogate (the cheapest threat: one source) at the study's eps."""
+    cfg, store = fed
+    out = tmp_path_factory.mktemp("transfer-out")
+    res = attack(
+        cfg, str(store), out, "--attack", ",".join(NEW_ATTACKS), "--threat", "outsider", "--eps", "0.02"
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out / "suite"
+
+
+@pytest.mark.xdist_group("attack-suite")
+def test_the_transfer_attacks_run_through_the_suite(transfer_run) -> None:
+    md = (transfer_run / "suite.md").read_text()
+    for name in NEW_ATTACKS:
+        res = json.loads((transfer_run / f"{name}-outsider" / "results.json").read_text())
+        assert res["attack"] == name and len(res["cells"]) == 5
+        assert all("n_shuffled_misclassified" in c for c in res["cells"])
+        src = res["sources"]["outsider-resnet18"]
+        if not src["empty"]:
+            assert src["perceptual"]["linf"] <= 0.02 + 1e-6
+        assert f"| outsider | {name} |" in md
 
 
 @pytest.mark.xdist_group("attack-suite")  # a unit of work of its own (tests/conftest.py)

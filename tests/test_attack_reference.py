@@ -112,3 +112,67 @@ def test_uap_learns_the_known_best_perturbation(targeted: bool) -> None:
     assert torch.allclose(delta, torch.full_like(delta, -0.02))  # saturated at -eps everywhere
     held_out = uap.apply(x[32:], delta)
     assert bool((Brightness()(held_out).argmax(1) == 0).all())  # fools images it never saw
+
+
+# --- the transfer attacks against torchattacks 3.5.1 ---------------------------------
+
+
+def test_nifgsm_bit_for_bit(case) -> None:
+    model, x, y = case
+    ours = _ours(
+        Iterative("nifgsm", EPS, STEPS, ALPHA, normalize=True, decay=1.0, nesterov=True), model, x, y
+    )
+    ref = _ref(torchattacks.NIFGSM(model, eps=EPS, alpha=ALPHA, steps=STEPS, decay=1.0), x, y)
+    assert torch.equal(ours, ref)
+
+
+def test_sinifgsm_bit_for_bit(case) -> None:
+    model, x, y = case
+    attack = Iterative("sinifgsm", EPS, 3, ALPHA, normalize=True, decay=1.0, nesterov=True, scale_copies=3)
+    ref = _ref(torchattacks.SINIFGSM(model, eps=EPS, alpha=ALPHA, steps=3, decay=1.0, m=3), x, y)
+    assert torch.equal(_ours(attack, model, x, y), ref)
+
+
+def test_vmifgsm_bit_for_bit_with_the_same_draws(case) -> None:
+    """Same neighbours (torchattacks draws randn_like and overwrites it with uniform_; we
+    draw the same two from the generator), and the last step's unused variance skipped."""
+    model, x, y = case
+    attack = Iterative(
+        "vmifgsm", EPS, 3, ALPHA, normalize=True, decay=1.0, variance_samples=4, variance_bound=1.5
+    )
+    ref = _ref(torchattacks.VMIFGSM(model, eps=EPS, alpha=ALPHA, steps=3, decay=1.0, N=4, beta=1.5), x, y)
+    assert torch.equal(_ours(attack, model, x, y), ref)
+
+
+@pytest.fixture(scope="module")
+def rgb_case() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """torchattacks' TIFGSM convolves with a 3-channel stacked kernel: RGB images."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", image_size=32, channels=3).eval()
+    return model, torch.rand(4, 3, 32, 32), torch.tensor([1, 0, 1, 1])
+
+
+@pytest.mark.parametrize("diversity", [0.0, 0.5], ids=["ti-mi", "ti-di"])
+def test_tifgsm_bit_for_bit(rgb_case, diversity: float) -> None:
+    model, x, y = rgb_case
+    attack = Iterative(
+        "tifgsm", EPS, 3, ALPHA, normalize=True, decay=1.0, diversity_prob=diversity, kernel_size=7
+    )
+    ref = torchattacks.TIFGSM(
+        model, eps=EPS, alpha=ALPHA, steps=3, decay=1.0, len_kernel=7, nsig=3, diversity_prob=diversity
+    )
+    # without diversity torchattacks still draws its (unused) transform; ours draws nothing
+    assert torch.equal(_ours(attack, model, x, y), _ref(ref, x, y))
+
+
+def test_new_attacks_are_registered_with_their_config() -> None:
+    cfg = load_config(REPO / "configs" / "demo.yaml").attack
+    it = cfg.iterative
+    for name in ("nifgsm", "sinifgsm", "vmifgsm", "tifgsm", "sgm", "bsr"):
+        attack = build_attack(name, 4 / 255, cfg)
+        assert attack.name == name and attack.eps == 4 / 255 and attack.objective == "ce"
+    assert build_attack("tifgsm", 0.02, cfg).kernel_size == it.kernel_size
+    assert build_attack("vmifgsm", 0.02, cfg).variance_samples == it.variance_samples
+    assert build_attack("bsr", 0.02, cfg).block_copies == it.block_copies
+    margin = build_attack("pgd+margin", 0.02, cfg)
+    assert margin.name == "pgd+margin" and margin.objective == "margin" and margin.random_start

@@ -25,3 +25,25 @@ def test_job_and_bound_run_on_a_tiny_load(name: str) -> None:
         assert set(attacked.values()) == {len(x)}
     assert len(m.cells) == 9
     assert bound_passes(models, x, 8, attacked, attack) > 0
+
+
+def test_the_harness_times_a_transformer_and_a_convnext_against_their_bound() -> None:
+    """`--archs`: the attack job and its compute bound over other families (issue 32)."""
+    archs = ("deit_tiny_patch16_224", "convnext_atto")
+    models = make_models(2, 32, archs)
+    assert [t.arch for t in models] == list(archs)
+    x = attack_images(4, 32)
+    m = run_job(models, x, 4)
+    attacked = {k: len(v) for k, v in m.attacked.items()}
+    assert set(attacked.values()) == {4} and len(m.cells) == 4
+    assert bound_passes(models, x, 4, attacked) > 0
+
+
+def test_the_bound_counts_the_gradient_passes_each_attack_needs() -> None:
+    """Demo config: 5 steps; SI 5 scale copies, VMI 20 neighbours (not on the last step),
+    BSR 20 block copies; TI and SGM cost no extra pass."""
+    from benchmarks.run import gradient_passes
+
+    expected = {"fgsm": 1, "pgd": 5, "nifgsm": 5, "tifgsm": 5, "sgm": 5, "pgd+margin": 5}
+    expected |= {"sinifgsm": 25, "vmifgsm": 5 + 4 * 20, "bsr": 100, "uap": 5}
+    assert {name: gradient_passes(suite_attack(name)) for name in expected} == expected

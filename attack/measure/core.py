@@ -82,6 +82,13 @@ class Cell:
     n_misclassified_after: int
     n_control_misclassified: int | None
     white_box: bool
+    # the shuffled-perturbation control: the same adversarial perturbation with its pixels
+    # permuted (norm and histogram kept), on the same images
+    n_shuffled_misclassified: int | None = None
+    # universal attacks: the fooling rate, n_fooled of n_fooling_images (every held-out
+    # attack image, right or wrong before) whose prediction the perturbation changed
+    n_fooling_images: int | None = None
+    n_fooled: int | None = None
 
     @property
     def transferability(self) -> float | None:
@@ -102,6 +109,7 @@ class Measurement:
     code_digest: dict[str, str] = field(default_factory=dict)  # source -> sha256 of its code
     cells: list[Cell] = field(default_factory=list)
     clean_correct: dict[str, int] = field(default_factory=dict)  # target -> on the attack set
+    perceptual: dict[str, dict[str, float]] = field(default_factory=dict)  # source -> mean L2, ...
 
 
 def batches(n: int, size: int) -> Iterator[slice]:
@@ -146,6 +154,15 @@ def random_sign(x: torch.Tensor, eps: float, image_id: str, seed: int) -> torch.
     g = torch.Generator().manual_seed(derive_seed(seed, "attack", "control", image_id))
     signs = torch.randint(0, 2, x.shape, generator=g).to(x.dtype).mul_(2).sub_(1)
     return torch.clamp(x + eps * signs, 0.0, 1.0)
+
+
+def shuffled(clean: torch.Tensor, adv: torch.Tensor, image_id: str, seed: int) -> torch.Tensor:
+    """The shuffled-perturbation control of one image: clean + (adv - clean) with its pixels
+    (every channel and position) permuted, clipped; the permutation is seeded by the image,
+    so every source and target sees the same one."""
+    g = torch.Generator().manual_seed(derive_seed(seed, "attack", "shuffle", image_id))
+    delta = (adv - clean).flatten()
+    return torch.clamp(clean + delta[torch.randperm(len(delta), generator=g)].view_as(clean), 0.0, 1.0)
 
 
 def fit_mask(ids: tuple[str, ...], fraction: float, seed: int) -> torch.Tensor:

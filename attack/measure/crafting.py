@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attack.measure.core import Settings, batches
 from attack.methods.registry import Attack
-from attack.methods.surrogate import Surrogate
+from attack.methods.surrogate import Surrogate, objective_loss
 
 
 def digest(code: torch.Tensor | None) -> str:
@@ -48,7 +47,7 @@ def clean_and_craft(
             continue
         grad = None
         if float(ok.float().mean()) >= FUSE_MIN_CORRECT:
-            (g,) = torch.autograd.grad(F.cross_entropy(logits[ok], y[ok]), x)
+            (g,) = torch.autograd.grad(objective_loss(logits[ok], y[ok], attack.objective), x)
             grad = g[ok]
         parts.append(attack.craft(surrogate, x.detach()[ok], y[ok], grad, generator).cpu())
     empty = torch.empty((0, *images.shape[1:]), dtype=torch.int8)

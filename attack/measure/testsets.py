@@ -20,7 +20,7 @@ def load_test_sets(cfg: ExperimentConfig) -> tuple[TestSet, dict[str, str]]:
     """Every test image of every dataset, and each test manifest's digest."""
     paths = {name: test_manifest_path(cfg.splits_dir, name) for name in cfg.data.datasets}
     if not all(p.exists() for p in paths.values()):
-        make_splits(cfg.data, cfg.seed, cfg.splits_dir)  # checked against the store's record below
+        make_splits(cfg.data, cfg.splitting_seed, cfg.splits_dir)  # checked against the store's record below
     images, labels, ids, digests = [], [], [], {}
     for path in paths.values():
         manifest = load_manifest(path)

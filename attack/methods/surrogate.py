@@ -10,7 +10,11 @@ store the InceptionV3 locals' margins spread 1.6-4.8 times as widely as the othe
 members'; under `logits` the insider's ensemble fooled 77-83% of the InceptionV3 targets
 and 0-1.2% of the DenseNet121 ones). For a single model every mode is CE(model(x), y),
 with exactly the operations torchattacks uses, so single-model attacks match it bit for
-bit.
+bit. `svre` ensembles predict as `logits` does, and their attacks step along SVRE's
+variance-reduced direction over the members' own losses (attack.methods.svre).
+
+Every loss is either the cross-entropy (`ce`) or the margin loss (`margin`: the largest
+other logit minus the true class's logit, Carlini & Wagner 2017), averaged over the batch.
 """
 
 from __future__ import annotations
@@ -22,7 +26,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-EnsembleMode = Literal["logits", "loss", "scaled"]
+EnsembleMode = Literal["logits", "loss", "scaled", "svre"]
+Objective = Literal["ce", "margin"]
+OBJECTIVES: tuple[Objective, ...] = ("ce", "margin")
+
+
+def objective_loss(logits: torch.Tensor, y: torch.Tensor, objective: Objective = "ce") -> torch.Tensor:
+    """The batch mean of CE(logits, y), or of the margin max_{j != y} z_j - z_y."""
+    if objective == "ce":
+        return F.cross_entropy(logits, y)
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return (other - true).mean()
 
 
 class Surrogate(nn.Module):
@@ -67,14 +82,25 @@ class Surrogate(nn.Module):
             raise RuntimeError("a scaled ensemble needs fit_scales() before use")
         return torch.stack([m(x) / s for m, s in zip(self.members, self.scales, strict=True)]).mean(dim=0)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss an attack ascends (or, targeted, descends), averaged over the batch."""
-        if len(self.members) == 1 or self.mode != "loss":
-            return F.cross_entropy(self(x), y)
-        return torch.stack([F.cross_entropy(m(x), y) for m in self.members]).mean()
+    @property
+    def variance_reduced(self) -> bool:
+        """An ensemble whose attacks step along SVRE's direction."""
+        return len(self.members) > 1 and self.mode == "svre"
 
-    def input_gradient(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, objective: Objective = "ce") -> torch.Tensor:
+        """The loss an attack ascends (or, targeted, descends), averaged over the batch."""
+        if len(self.members) == 1 or self.mode not in ("loss", "svre"):
+            return objective_loss(self(x), y, objective)
+        return torch.stack([objective_loss(m(x), y, objective) for m in self.members]).mean()
+
+    def member_loss(
+        self, k: int, x: torch.Tensor, y: torch.Tensor, objective: Objective = "ce"
+    ) -> torch.Tensor:
+        """Member k's own loss (SVRE's stochastic term)."""
+        return objective_loss(self.members[k](x), y, objective)
+
+    def input_gradient(self, x: torch.Tensor, y: torch.Tensor, objective: Objective = "ce") -> torch.Tensor:
         """d loss / dx at `x` (parameters untouched)."""
         x = x.detach().clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.loss(x, y), x)
+        (grad,) = torch.autograd.grad(self.loss(x, y, objective), x)
         return grad

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from attack.methods.surrogate import Surrogate
+from attack.methods.surrogate import Objective, Surrogate
 
 NO_PNEUMONIA = 0
 
@@ -31,6 +31,7 @@ class Universal:
     batch_size: int
     step_size: float
     optimizer: Literal["sign", "adam"] = "sign"
+    objective: Objective = "ce"
     universal: bool = True
     uses_clean_gradient: bool = False
 
@@ -55,7 +56,7 @@ class Universal:
             order = torch.randperm(len(x), generator=generator).to(x.device)
             for i in range(0, len(x), self.batch_size):
                 idx = order[i : i + self.batch_size]
-                loss = surrogate.loss(torch.clamp(x[idx] + delta, 0.0, 1.0), goal[idx])
+                loss = surrogate.loss(torch.clamp(x[idx] + delta, 0.0, 1.0), goal[idx], self.objective)
                 (g,) = torch.autograd.grad(loss, delta)
                 with torch.no_grad():
                     if adam is not None:

@@ -9,6 +9,12 @@ divided by its mean absolute value per image and accumulated with momentum `deca
 These are torchattacks' operations in torchattacks' order, so the images are the same
 bits. The random start is the caller's draw (each draws it from its own generator in its
 own way), handed in as an offset in the eps ball.
+
+The transfer attacks change only how g is obtained, through two optional hooks (without
+them the steps are the ones above, operation for operation): `gradient(adv, momentum)`
+replaces d loss / d x (NI-FGSM's look-ahead, SI's scale copies, VMI's variance tuning,
+BSR's block copies, SVRE's ensemble), and `smooth(g)` runs before the normalization
+(TI-FGSM's kernel).
 """
 
 from __future__ import annotations
@@ -29,11 +35,15 @@ def iterate(
     normalize: bool = False,
     decay: float = 0.0,
     first_gradient: torch.Tensor | None = None,
+    gradient: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    smooth: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """`steps` ascent steps of `loss` (a scalar function of the images, which may draw its
     own random input transform) from x, or from clip(x + start, 0, 1) when a random
     `start` offset is given. `first_gradient`: the loss's gradient at x, already computed
-    (a caller that crafts several attacks shares it); only valid without a random start."""
+    (a caller that crafts several attacks shares it); only valid without a random start.
+    `gradient(adv, momentum)`: the ascent direction at adv given the momentum so far (in
+    place of d loss / d adv); `smooth`: a map applied to each gradient before normalizing."""
     if start is not None and first_gradient is not None:
         raise ValueError("first_gradient is the gradient at x; a random start moves away from x")
     images = x.detach()
@@ -42,9 +52,13 @@ def iterate(
     for step in range(steps):
         if step == 0 and first_gradient is not None:
             g = first_gradient
+        elif gradient is not None:
+            g = gradient(adv, momentum)
         else:
             adv.requires_grad_(True)
             (g,) = torch.autograd.grad(loss(adv), adv)
+        if smooth is not None:
+            g = smooth(g)
         if normalize:
             g = g / torch.mean(torch.abs(g), dim=(1, 2, 3), keepdim=True)
             g = g + momentum * decay
