@@ -4,8 +4,10 @@ behind the study's claims. Pure numpy; one module for every report (attack, suit
 - Wilson score intervals for proportions (transfer cells, sensitivity, specificity).
 - Newcombe's hybrid score interval for the difference of two independent proportions.
 - DeLong's variance for an AUC interval.
-- Percentile bootstrap intervals (fixed seed) for means over models.
+- Percentile bootstrap intervals (fixed seed) for means over models, and a two-way
+  cluster (pigeonhole) bootstrap for means over cells that share sources and targets.
 - An exact paired sign-flip permutation test for a mean difference over matched pairs.
+- Over replicates (seeds): mean, between-replicate sd and Student's t interval.
 - Holm's step-down adjustment when a report makes many such tests at once.
 """
 
@@ -49,6 +51,65 @@ class Interval:
 
 
 NAN_INTERVAL = Interval(math.nan, math.nan, math.nan)
+
+
+# Student's t 0.975 quantiles for 1..30 degrees of freedom (scipy.stats.t.ppf, 9 digits;
+# tests/test_replicates.py checks them against scipy where it is installed)
+T975 = (
+    12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
+    2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688,
+    2.131449546, 2.119905299, 2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845,
+    2.073873068, 2.068657610, 2.063898562, 2.059538553, 2.055529439, 2.051830516, 2.048407142,
+    2.045229642, 2.042272456,
+)  # fmt: skip
+
+
+def t975(df: int) -> float:
+    """Student's t 0.975 quantile: the table to 30 degrees of freedom, beyond it the
+    Cornish-Fisher expansion (within 1e-4)."""
+    if df < 1:
+        raise ValueError(f"t975: need at least 1 degree of freedom, got {df}")
+    if df <= len(T975):
+        return T975[df - 1]
+    z = Z95
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
+@dataclass(frozen=True)
+class Replicated:
+    """A figure over independent replicates (seeds): their mean, the between-replicate sd,
+    and the t 95% interval of the mean (NaN with fewer than two replicates)."""
+
+    values: tuple[float, ...]
+    mean: float
+    sd: float
+    interval: Interval
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "values": [round(v, 6) for v in self.values],
+            "mean": self.interval.to_json()["value"],
+            "sd": None if math.isnan(self.sd) else round(self.sd, 6),
+            "low": self.interval.to_json()["low"],
+            "high": self.interval.to_json()["high"],
+            "n": len(self.values),
+        }
+
+
+def over_replicates(values: Sequence[float], bounds: tuple[float, float] = (0.0, 1.0)) -> Replicated:
+    """Mean, between-replicate sd and t interval of one figure's value per replicate
+    (undefined values left out); the interval clipped to the figure's `bounds` (a rate or
+    an AUC: [0, 1])."""
+    x = [v for v in values if not math.isnan(v)]
+    if not x:
+        return Replicated((), math.nan, math.nan, NAN_INTERVAL)
+    mean = float(np.mean(x))
+    if len(x) == 1:
+        return Replicated(tuple(x), mean, math.nan, Interval(mean, math.nan, math.nan))
+    sd = float(np.std(x, ddof=1))
+    half = t975(len(x) - 1) * sd / math.sqrt(len(x))
+    low, high = max(bounds[0], mean - half), min(bounds[1], mean + half)
+    return Replicated(tuple(x), mean, sd, Interval(mean, low, high))
 
 
 def wilson(k: int, n: int, z: float = Z95) -> Interval:
@@ -102,6 +163,47 @@ def bootstrap_mean(values: Sequence[float], seed: int = 0, reps: int = 10_000) -
         return Interval(float(x[0]), math.nan, math.nan)
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), size=(reps, len(x)))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return Interval(float(x.mean()), float(lo), float(hi))
+
+
+def _draw_counts(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
+    """[reps, n]: how often each of n labels is drawn in n draws with replacement."""
+    draws = rng.integers(0, n, size=(reps, n)) + n * np.arange(reps)[:, None]
+    return np.bincount(draws.ravel(), minlength=reps * n).reshape(reps, n)
+
+
+def cluster_bootstrap_mean(
+    values: Sequence[float], rows: Sequence[str], cols: Sequence[str], seed: int = 0, reps: int = 10_000
+) -> Interval:
+    """The mean of cell values and a two-way cluster bootstrap interval: each replicate
+    draws the row labels (sources) and the column labels (targets) with replacement,
+    independently, and averages every cell whose row and column were drawn, a cell
+    counting once per draw of its row times once per draw of its column (the pigeonhole
+    bootstrap; Owen 2007, Ann Appl Stat 1:502). Cells that share a source or a target move
+    together, so the interval is not the too-narrow one of independent cells. A replicate
+    that draws no cell is left out; percentile interval, fixed seed."""
+    keep = [i for i, v in enumerate(values) if not math.isnan(v)]
+    if not keep:
+        return NAN_INTERVAL
+    x = np.asarray([values[i] for i in keep], dtype=np.float64)
+    if len(x) == 1:
+        return Interval(float(x[0]), math.nan, math.nan)
+    row_names = sorted({rows[i] for i in keep})
+    col_names = sorted({cols[i] for i in keep})
+    r = np.asarray([row_names.index(rows[i]) for i in keep])
+    c = np.asarray([col_names.index(cols[i]) for i in keep])
+    sums = np.zeros((len(row_names), len(col_names)))  # a cell's weight is its row's draws
+    cells = np.zeros_like(sums)  # times its column's: sums over the grid, per replicate
+    np.add.at(sums, (r, c), x)
+    np.add.at(cells, (r, c), 1.0)
+    rng = np.random.default_rng(seed)
+    wr = _draw_counts(rng, len(row_names), reps).astype(np.float64)
+    wc = _draw_counts(rng, len(col_names), reps).astype(np.float64)
+    total = ((wr @ cells) * wc).sum(axis=1)
+    means = ((wr @ sums) * wc).sum(axis=1)[total > 0] / total[total > 0]
+    if len(means) == 0:
+        return Interval(float(x.mean()), math.nan, math.nan)
     lo, hi = np.quantile(means, [0.025, 0.975])
     return Interval(float(x.mean()), float(lo), float(hi))
 

@@ -5,6 +5,7 @@ others."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -47,6 +48,14 @@ def test_bad_variants_are_refused_before_any_training(tmp_path: Path, variants, 
     cfg = _study_config(tmp_path, tmp_path / "no-data", variants)
     refused(fedattack("study", "--config", str(cfg)), *needles)
     assert not (tmp_path / "run" / "variants").exists()
+
+
+@pytest.mark.integration
+def test_a_seeds_list_with_duplicates_is_refused_before_any_training(tmp_path: Path) -> None:
+    cfg = _study_config(tmp_path, tmp_path / "no-data", [{"name": "a"}])
+    refused(fedattack("study", "--config", str(cfg), "--seeds", "7,8,7"), "study.seeds: 7 is given twice")
+    refused(fedattack("study", "--config", str(cfg), "--seeds", "7,x"), "--seeds '7,x'", "list of numbers")
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.integration
@@ -146,6 +155,34 @@ def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
     assert "| fedbn | resnet18 |" in md.split("## What each defense changes")[1]
     manifest = json.loads((out / "variants/fedbn/checkpoints/manifest.json").read_text())
     assert {m["training"]["strategy"] for m in manifest["models"]} == {"fedbn"}
+    # the tidy tables: every cell of both variants that ran, every model's clean figures
+    with (out / "transfer.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["variant"], r["attack"], r["seed"]) for r in rows} == {
+        (v, a, "7") for v in ("baseline", "fedbn") for a in ("fgsm", "pgd")
+    }
+    own = next(
+        r
+        for r in rows
+        if (r["variant"], r["attack"], r["target"], r["white_box"])
+        == ("fedbn", "pgd", "resnet18-global", "true")
+    )
+    cells = json.loads((out / "variants/fedbn/attack/suite/pgd-member/results.json").read_text())["cells"]
+    cell = next(c for c in cells if c["white_box"] and c["target"] == "resnet18-global")
+    assert (int(own["n_correct_before"]), int(own["n_misclassified_after"])) == (
+        cell["n_correct_before"],
+        cell["n_misclassified_after"],
+    )
+    with (out / "clean.csv").open(newline="") as f:
+        clean = list(csv.DictReader(f))
+    models = {
+        v: json.loads((out / f"variants/{v}/attack/results.json").read_text())["models"]
+        for v in ("baseline", "fedbn")
+    }
+    assert [(r["variant"], r["model"]) for r in clean] == [
+        (v, m["name"]) for v, ms in models.items() for m in ms
+    ]
+    assert all(r["auc"] for r in clean)
 
     stamp = (out / "variants/baseline/checkpoints/manifest.json").stat().st_mtime_ns
     second = fedattack("study", "--config", str(cfg), timeout=1500)
@@ -154,3 +191,28 @@ def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
     again = json.loads((out / "study.json").read_text())
     assert again["variants"]["baseline"] == study["variants"]["baseline"]
     assert again["variants"]["fedbn"] == study["variants"]["fedbn"]
+
+    # replicates: seed 7 is the study above (not trained again), seed 8 a new federation
+    # per variant on seed 7's split
+    third = fedattack("study", "--config", str(cfg), "--seeds", "7,8", timeout=1500)
+    assert third.returncode == 2 and "Traceback" not in third.stdout + third.stderr, third.stderr[-3000:]
+    assert third.stdout.count("not trained again") == 2
+    assert "broken (seed 7), broken (seed 8) failed" in third.stderr
+    over = json.loads((out / "study.json").read_text())
+    assert over["seeds"] == [7, 8]
+    auc = over["replicates"]["baseline"]["resnet18"]["clean AUC, global"]
+    per_seed = [json.loads((out / f"seeds/{s}/study.json").read_text()) for s in (7, 8)]
+    assert per_seed[0]["variants"]["baseline"] == study["variants"]["baseline"]
+    values = [
+        p["variants"]["baseline"]["architectures"]["resnet18"]["clean_auc_global"]["value"] for p in per_seed
+    ]
+    assert auc["values"] == values and auc["mean"] == pytest.approx(sum(values) / 2, abs=1e-6)
+    assert over["pooled_global_vs_local"]["fedbn"]["pgd/member"]["seeds"] == 2
+    eight = out / "seeds/8/variants/baseline"
+    trained = yaml.safe_load((eight / "checkpoints/config.yaml").read_text())
+    assert (trained["seed"], trained["split_seed"]) == (8, 7)
+    assert (eight / "splits/fingerprint.json").read_text() == (
+        out / "variants/baseline/splits/fingerprint.json"
+    ).read_text()
+    assert (out / "study.md").read_text().startswith("# Study over 2 seeds")
+    assert {r.split(",")[0] for r in (out / "transfer.csv").read_text().splitlines()[1:]} == {"7", "8"}

@@ -115,14 +115,24 @@ class GlobalVsLocal:
     """Transfer onto global and onto local targets, and the paired test between them."""
 
     as_target: dict[str, GroupFigure]  # "global", "local"
-    paired_test: PairedFigure
+    paired_test: PairedFigure  # over sources
+    model_level: PairedFigure | None = None  # over architectures (None: not recorded)
 
     @classmethod
-    def of(cls, groups: dict[str, Group], test: PairedTest) -> GlobalVsLocal:
-        return cls({k: GroupFigure.of(g) for k, g in groups.items()}, PairedFigure.of(test))
+    def of(
+        cls, groups: dict[str, Group], test: PairedTest, models: PairedTest | None = None
+    ) -> GlobalVsLocal:
+        return cls(
+            {k: GroupFigure.of(g) for k, g in groups.items()},
+            PairedFigure.of(test),
+            None if models is None else PairedFigure.of(models),
+        )
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "as_target": {k: g.to_json() for k, g in self.as_target.items()},
             "paired_test": self.paired_test.to_json(),
         }
+        if self.model_level is not None:
+            out["model_level"] = self.model_level.to_json()
+        return out

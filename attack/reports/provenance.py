@@ -1,15 +1,21 @@
-"""What produced a result: device, precision, batch sizes, library versions, the split."""
+"""What produced a result: the code's git commit, device, precision, batch sizes, torch's
+thread count, library versions (Pillow decodes and resizes every image), the split."""
 
 from __future__ import annotations
 
 import platform
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
+
+import torch
 
 from attack.measure.core import Settings
 
-LIBRARIES = ("torch", "torchvision", "timm", "numpy", "safetensors", "flwr", "pydicom")
+LIBRARIES = ("torch", "torchvision", "timm", "numpy", "safetensors", "flwr", "pydicom", "pillow")
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root, when run from a checkout
 
 
 @dataclass(frozen=True)
@@ -24,9 +30,13 @@ class Provenance:
     python: str
     versions: Mapping[str, str]  # library -> version ("not installed")
     split_fingerprint: str
+    code_commit: str = "unknown"  # git commit of the code; "unknown" outside a checkout
+    threads: int = 0  # torch.get_num_threads() when measured (0: not recorded)
 
     def to_json(self) -> dict[str, object]:
         return {
+            "code_commit": self.code_commit,
+            "threads": self.threads,
             "device": self.device,
             "dtype": self.dtype,
             "crafting_dtype": self.crafting_dtype,
@@ -45,6 +55,49 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def _git_dir(root: Path) -> Path | None:
+    """The checkout's git directory (.git, or where a worktree's .git file points)."""
+    dot = root / ".git"
+    if dot.is_dir():
+        return dot
+    if dot.is_file():
+        text = dot.read_text().strip()
+        if text.startswith("gitdir:"):
+            return (root / text.removeprefix("gitdir:").strip()).resolve()
+    return None
+
+
+def _ref(git: Path, ref: str) -> str | None:
+    """A ref's commit: its loose file, else its line in packed-refs (a worktree's refs
+    live in the common directory)."""
+    common = git / "commondir"
+    places = [git] + ([(git / common.read_text().strip()).resolve()] if common.is_file() else [])
+    for place in places:
+        loose = place / ref
+        if loose.is_file():
+            return loose.read_text().strip()
+        packed = place / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                if line.endswith(f" {ref}"):
+                    return line.split()[0]
+    return None
+
+
+def code_commit(root: Path = CHECKOUT) -> str:
+    """The checkout's HEAD commit (40 hex digits), read from its git files (no process);
+    "unknown" outside a git checkout (the attack's container ships no .git)."""
+    try:
+        git = _git_dir(root)
+        if git is None:
+            return "unknown"
+        head = (git / "HEAD").read_text().strip()
+        commit = _ref(git, head.removeprefix("ref:").strip()) if head.startswith("ref:") else head
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+    return commit if commit is not None and re.fullmatch(r"[0-9a-f]{40}", commit) else "unknown"
+
+
 def provenance(s: Settings, split: str) -> Provenance:
     return Provenance(
         device=s.device.type,
@@ -55,4 +108,6 @@ def provenance(s: Settings, split: str) -> Provenance:
         python=platform.python_version(),
         versions={name: _version(name) for name in LIBRARIES},
         split_fingerprint=split,
+        code_commit=code_commit(),
+        threads=torch.get_num_threads(),
     )

@@ -134,7 +134,16 @@ def _cell(node: Node) -> Cell:
         node["n_misclassified_after"].as_int(),
         None if control.value is None else control.as_int(),
         node["white_box"].as_bool(),
+        _optional_int(node, "n_shuffled_misclassified"),
+        _optional_int(node, "n_fooling_images"),
+        _optional_int(node, "n_fooled"),
     )
+
+
+def _optional_int(node: Node, key: str) -> int | None:
+    """A count that older results.json files (or other attacks) do not hold."""
+    v = node.get(key)
+    return None if v is None or v.value is None else v.as_int()
 
 
 def read_measurement(path: Path) -> tuple[Measurement, dict[str, Info]]:
@@ -145,7 +154,33 @@ def read_measurement(path: Path) -> tuple[Measurement, dict[str, Info]]:
     sources = {s: Info(s, v["arch"].as_str(), v["kind"].as_str()) for s, v in top["sources"].items()}
     targets = list(dict.fromkeys(c.target for c in cells))
     m = Measurement(top["attack"].as_str(), top["eps"].as_float(), list(sources), targets, cells=cells)
+    for s, v in top["sources"].items():
+        seen = v.get("perceptual")
+        if seen is not None:
+            m.perceptual[s] = {k: x.as_float() for k, x in seen.items()}
     return m, sources
+
+
+@dataclass(frozen=True)
+class VariantRecords:
+    """One store's attack results read back once: its models (the attack's results.json)
+    and each (attack, threat)'s measurement with its sources' Info (the suite's), keyed
+    "attack/threat". The study's report and its tidy tables are both made from these."""
+
+    models: list[ModelResult]
+    measured: dict[str, tuple[Measurement, dict[str, Info]]]
+
+
+def read_variant(attack_dir: Path, attacks: tuple[str, ...], threats: tuple[str, ...]) -> VariantRecords:
+    """`fedattack attack`'s outputs in `attack_dir` for every (attack, threat)."""
+    return VariantRecords(
+        read_models(attack_dir / "results.json"),
+        {
+            f"{a}/{t}": read_measurement(attack_dir / "suite" / f"{a}-{t}" / "results.json")
+            for a in attacks
+            for t in threats
+        },
+    )
 
 
 def recorded_ensemble_mode(path: Path) -> str | None:

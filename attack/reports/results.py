@@ -5,7 +5,7 @@ fixed store, data and seed (no timestamps)."""
 from __future__ import annotations
 
 from attack.measure.clean import CleanPerformance
-from attack.measure.core import Measurement
+from attack.measure.core import Cell, Measurement
 from attack.reports.figures import CleanFigures, GlobalVsLocal
 from attack.reports.records import ModelResult, RunMeta, SuiteMeta, SuiteRow
 from attack.reports.tables import (
@@ -15,10 +15,11 @@ from attack.reports.tables import (
     control_rate,
     flagged,
     global_vs_local,
+    model_level,
     rate,
     study_table,
 )
-from attack.stats import MIN_CELL
+from attack.stats import MIN_CELL, wilson
 
 
 def cells_json(m: Measurement) -> list[dict[str, object]]:
@@ -38,8 +39,30 @@ def cells_json(m: Measurement) -> list[dict[str, object]]:
                 "control_rate": ctrl.to_json()["value"],
                 "control_interval": [ctrl.to_json()["low"], ctrl.to_json()["high"]],
                 "too_few_images": (not c.white_box) and c.n_correct_before < MIN_CELL,
+                **_more_controls(c),
             }
         )
+    return out
+
+
+def _more_controls(c: Cell) -> dict[str, object]:
+    """The shuffled-perturbation control and (universal attacks) the fooling rate, where measured."""
+    out: dict[str, object] = {}
+    if c.n_shuffled_misclassified is not None:
+        r = wilson(c.n_shuffled_misclassified, c.n_correct_before).to_json()
+        out |= {
+            "n_shuffled_misclassified": c.n_shuffled_misclassified,
+            "shuffled_rate": r["value"],
+            "shuffled_interval": [r["low"], r["high"]],
+        }
+    if c.n_fooling_images is not None and c.n_fooled is not None:
+        r = wilson(c.n_fooled, c.n_fooling_images).to_json()
+        out |= {
+            "n_fooling_images": c.n_fooling_images,
+            "n_fooled": c.n_fooled,
+            "fooling_rate": r["value"],
+            "fooling_interval": [r["low"], r["high"]],
+        }
     return out
 
 
@@ -59,12 +82,13 @@ def measurement_json(m: Measurement, info: dict[str, Info], seed: int) -> dict[s
                 "empty": len(m.attacked[s]) == 0,
                 "attacked": m.attacked[s],
                 **({"fit": m.fit[s]} if s in m.fit else {}),
+                **({"perceptual": m.perceptual[s]} if s in m.perceptual else {}),
             }
             for s in m.sources
         },
         "cells": cells_json(m),
         "by_target_group": {k: g.to_json() for k, g in by_target_group(m, info, seed).items()},
-        "global_vs_local": GlobalVsLocal.of(groups, test).to_json(),
+        "global_vs_local": GlobalVsLocal.of(groups, test, model_level(m, info, seed)).to_json(),
         "flagged_cells": [
             {"source": c.source, "target": c.target, "n_correct_before": c.n_correct_before}
             for c in flagged(m)

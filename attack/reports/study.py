@@ -11,9 +11,10 @@ from pathlib import Path
 
 from attack.measure.clean import CleanPerformance
 from attack.measure.core import Measurement
+from attack.reports.families import families_md
 from attack.reports.heatmap import heatmap_png
 from attack.reports.records import RunMeta
-from attack.reports.tables import Info, cell_view, flagged, global_vs_local, study_table
+from attack.reports.tables import Info, cell_view, flagged, global_vs_local, model_level, study_table
 from attack.stats import MIN_CELL, PairedTest
 from shared.io import atomic_write
 
@@ -60,6 +61,18 @@ def test_sentence(test: PairedTest, what: str) -> str:
         return f"{base}: **not significant** at 0.05; these data do not show {what} to differ."
     direction = "less" if d.value < 0 else "more"
     return f"{base}: significant at 0.05; global models are {direction} fooled than local ones."
+
+
+def model_sentence(test: PairedTest) -> str:
+    """The model-level comparison in words: with few architectures it cannot be significant."""
+    if test.n == 0 or math.isnan(test.p_value):
+        return "No architecture has a global and a local target with usable cells: no model-level comparison."
+    floor = 2 / 2**test.n if test.exact else math.nan
+    return (
+        f"Mean over {test.n} architecture(s) {100 * test.mean_difference.value:+.1f} points; exact sign-flip "
+        f"test p = {test.p_value:.3g} (the smallest p {test.n} architectures allow is {floor:.3g}"
+        + ("; more global models, e.g. replicate seeds, are needed to test it)." if floor >= 0.05 else ").")
+    )
 
 
 def report_md(
@@ -118,14 +131,18 @@ def report_md(
         "## 3. Cell-level view (means over cells, not over models)",
         "",
         "Each usable source -> target cell counts once; the sd is the spread between cells, which mixes "
-        "same- and cross-architecture pairs (larger than the study's sd by construction).",
+        "same- and cross-architecture pairs (larger than the study's sd by construction). Cells share "
+        "sources, targets and images, so the interval is a two-way cluster bootstrap over sources and "
+        "targets (both resampled), not one over independent cells.",
         "",
         "| architecture | as source | as target |",
         "|---|---|---|",
     ]
     for arch, row in cell_view(m, info, seed).items():
         lines.append(f"| {md_safe(arch)} | {row['as_source'].text()} | {row['as_target'].text()} |")
+    lines += families_md(m, info, seed)  # only when a vision transformer is among the models
     groups, test = global_vs_local(m, info, seed)
+    models = model_level(m, info, seed)
     lines += [
         "",
         "## 4. Global vs local models as targets",
@@ -135,9 +152,14 @@ def report_md(
         f"| global | {groups['global'].text()} |",
         f"| local | {groups['local'].text()} |",
         "",
-        "Paired over sources: for each source, the transfer onto each architecture's global model minus "
-        "the mean onto that architecture's local models, averaged over architectures. "
+        "Paired over sources (the pairs are the sources, not the source -> target cells): for each "
+        "source, the transfer onto each architecture's global model minus the mean onto that "
+        "architecture's local models, averaged over architectures. "
         + test_sentence(test, "global and local models' resistance"),
+        "",
+        "The unit a claim about global models generalises over is the model: per architecture, the "
+        "global model's mean transfer as a target minus the mean of its local models'. "
+        + model_sentence(models),
     ]
     lines += _lists(m, meta)
     return "\n".join(lines) + "\n"
@@ -180,7 +202,9 @@ def _lists(m: Measurement, meta: RunMeta) -> list[str]:
         "## Provenance",
         "",
         f"Device {p.device}, predictions in {p.dtype}, crafting in float32 (TF32 off), batch "
-        f"{p.batch_size}; torch {p.versions['torch']}, timm {p.versions['timm']}; split "
+        f"{p.batch_size}, {p.threads} torch thread(s); torch {p.versions['torch']}, timm "
+        f"{p.versions['timm']}, Pillow {p.versions.get('pillow', 'not recorded')}; code commit "
+        f"{p.code_commit}; split "
         f"fingerprint {p.split_fingerprint}. Files: results.json (every cell with its counts, "
         "intervals and control), matrix.csv, heatmap.png, config.yaml.",
     ]

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from attack.reports.figures import Estimate
+from attack.reports.power import detectable_difference
 from attack.reports.records import SuiteMeta, SuiteRow
 from attack.reports.study import md_safe
-from attack.reports.tables import Group, group
-from attack.stats import Interval, PairedTest, holm
+from attack.reports.tables import Group, control_rate, group, rate, usable
+from attack.stats import Interval, PairedTest, holm, wilson
+from shared.config.attack import eps_text
 from shared.io import atomic_path, atomic_write
 
 if TYPE_CHECKING:
@@ -30,6 +33,8 @@ ENSEMBLE_TEXT = {
     "of its margin on the fit part of the attack images (results.json lists the scales), so "
     "that no member's logit scale decides alone",
     "loss": "the mean of their members' cross-entropies",
+    "svre": "SVRE's variance-reduced direction over their members' own losses (iterative attacks; "
+    "one-step and universal attacks: the mean of the members' losses)",
 }
 Rows = Mapping[tuple[str, str, float], SuiteRow]  # (attack, threat, eps) -> its row
 
@@ -59,7 +64,7 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: SuiteMeta) -> str:
     lines = [
         "# Attack suite: every attack under every threat model",
         "",
-        f"eps = {eps} (L-infinity, [0, 1] pixel space) on {meta.n_images} pneumonia images of the "
+        f"eps = {eps_text(eps)} (L-infinity, [0, 1] pixel space) on {meta.n_images} pneumonia images of the "
         "held-out test sets. Threat models:",
         "",
         *[f"- **{t}**: {THREAT_TEXT[t]}" for t in req.threats],
@@ -119,7 +124,7 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: SuiteMeta) -> str:
             "",
             "## eps sweep (all targets)",
             "",
-            "| attack | threat | " + " | ".join(f"eps {e:g}" for e in req.sweep_eps) + " |",
+            "| attack | threat | " + " | ".join(f"eps {eps_text(e)}" for e in req.sweep_eps) + " |",
             "|---|---|" + "---|" * len(req.sweep_eps),
         ]
         for a in req.sweep_attacks:
@@ -130,6 +135,12 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: SuiteMeta) -> str:
                     + " |"
                 )
         lines += ["", "![transfer against eps](sweep.png)"]
+    budgets = sorted({eps, *req.sweep_eps})
+    for e in budgets:
+        attacks = [
+            a for a in dict.fromkeys([*req.attacks, *req.sweep_attacks]) if (a, req.threats[0], e) in rows
+        ]
+        lines += _ranking(rows, attacks, req.threats, e)
     empty = [(k, r.empty) for k, r in rows.items() if r.empty]
     if empty:
         lines += ["", "## Empty rows", "", "Sources that classified none of the attack images correctly:", ""]
@@ -193,3 +204,86 @@ def sweep_png(rows: Rows, req: SuiteRequest, png: Path, js: Path) -> None:
     with atomic_path(png, ".png") as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
+
+
+def _shuffled(cells: list) -> str:
+    """The mean shuffled-perturbation control over the cells (n/a where not measured)."""
+    rates = [
+        wilson(c.n_shuffled_misclassified, c.n_correct_before).value
+        for c in cells
+        if c.n_shuffled_misclassified is not None
+    ]
+    return f"{100 * sum(rates) / len(rates):.1f}%" if rates else "n/a"
+
+
+def _fooling(cells: list) -> str:
+    """Universal attacks: the fooling rate pooled over the cells' held-out images [Wilson]."""
+    have = [c for c in cells if c.n_fooling_images is not None and c.n_fooled is not None]
+    if not have:
+        return "-"
+    return wilson(sum(c.n_fooled for c in have), sum(c.n_fooling_images for c in have)).percent()
+
+
+def _visibility(row: SuiteRow) -> str:
+    """Mean over the sources of their adversarial sets' L2 / PSNR / SSIM."""
+    sets = [p for p in row.m.perceptual.values() if p["n"] > 0]
+    if not sets:
+        return "n/a"
+    mean = {k: sum(p[k] for p in sets) / len(sets) for k in ("l2", "linf", "psnr", "ssim")}
+    return f"{mean['l2']:.2f} / {mean['linf']:.4f} / {mean['psnr']:.1f} / {mean['ssim']:.4f}"
+
+
+def _power(row: SuiteRow, tests: int) -> str:
+    """The smallest attack-against-noise difference the row's test could detect."""
+    diffs = []
+    for name in row.m.targets:
+        cells = [
+            c for c in row.m.cells if c.target == name and usable(c) and c.n_control_misclassified is not None
+        ]
+        if cells:
+            diffs.append(sum(rate(c).value - control_rate(c).value for c in cells) / len(cells))
+    sd = statistics.stdev(diffs) if len(diffs) > 1 else math.nan
+    return detectable_difference(sd, len(diffs), tests).text()
+
+
+def _ranking(rows: Rows, attacks: list[str], threats: tuple[str, ...], eps: float) -> list[str]:
+    """Every attack at one budget, per threat, strongest first: transfer [interval], n, both
+    controls, the attack against noise after Holm (over this table), the smallest difference
+    that test could detect, the fooling rate (universal), and how visible the sets are."""
+    keys = [(a, t) for t in threats for a in attacks if (a, t, eps) in rows]
+    if not keys:
+        return []
+    adjusted = dict(zip(keys, holm([rows[a, t, eps].over_control.p_value for a, t in keys]), strict=True))
+    lines = [
+        "",
+        f"## Ranking at eps {eps_text(eps)}",
+        "",
+        "Per threat, strongest first (mean transfer over usable transfer cells, all targets). Controls: "
+        "random-sign noise and the same perturbation with its pixels shuffled, at the same images. "
+        "Against noise: transfer minus the random-sign control, sign-flip test over targets, Holm over "
+        "this table; detectable: the smallest such difference the test finds with 80% power at its n. "
+        "Fooling: universal perturbations, prediction changed on every held-out image. Visibility: "
+        "mean L2 / L-inf / PSNR (dB) / SSIM of the adversarial sets against the clean images.",
+        "",
+        "| threat | attack | transfer | random ctrl | shuffled ctrl | against noise (Holm p) | "
+        "detectable | fooling | visibility |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in threats:
+        ordered = sorted(
+            (a for a in attacks if (a, t, eps) in rows),
+            key=lambda a: -(Estimate.of(rows[a, t, eps].groups["all targets"].mean).value or 0.0),
+        )
+        for a in ordered:
+            r = rows[a, t, eps]
+            cells = [c for c in r.m.cells if usable(c)]
+            transfer = [c for c in r.m.cells if not c.white_box]
+            p = adjusted[a, t]
+            verdict = "n/a" if math.isnan(p) else f"{'**yes**' if p < 0.05 else 'no'} ({p:.2g})"
+            g = r.groups["all targets"]
+            lines.append(
+                f"| {t} | {a} | {_cell(g)} | {100 * (Estimate.of(g.control).value or 0):.1f}% | "
+                f"{_shuffled(cells)} | {verdict} | {_power(r, len(keys))} | {_fooling(transfer)} | "
+                f"{_visibility(r)} |"
+            )
+    return lines

@@ -7,9 +7,13 @@
   source (and as a target) over the other models; then mean and sd across the models of
   an architecture, split into same- and cross-architecture pairs, with a bootstrap
   interval (fixed seed) over those models.
-- The cell-level view: means over every cell of an architecture (labelled as such).
+- The cell-level view: means over every cell of an architecture (labelled as such), with
+  a two-way cluster bootstrap interval over the cells' sources and targets.
 - Global vs local as targets: an exact sign-flip test over sources of the per-source mean
-  difference between the global target and the local targets of the same architecture.
+  difference between the global target and the local targets of the same architecture
+  (the pairs are the sources, not the (source, target) cells); and the model-level
+  comparison, a sign-flip test over architectures of the global model's mean as a target
+  minus its locals' (the unit that generalises is the model).
 - The attack against noise: a sign-flip test over targets of each target's mean (over
   the sources) of transfer minus the random-sign control on the same images.
 """
@@ -21,7 +25,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from attack.measure.core import Cell, Measurement
-from attack.stats import MIN_CELL, Interval, PairedTest, bootstrap_mean, sign_flip_test, wilson
+from attack.stats import (
+    MIN_CELL,
+    Interval,
+    PairedTest,
+    bootstrap_mean,
+    cluster_bootstrap_mean,
+    sign_flip_test,
+    wilson,
+)
 
 
 @dataclass(frozen=True)
@@ -97,6 +109,25 @@ def group(units: list[list[Cell]], seed: int) -> Group:
     )
 
 
+def cell_group(cells: list[Cell], seed: int) -> Group:
+    """Mean over cells, each cell one unit; its interval a two-way cluster bootstrap over
+    the cells' sources and targets (cells that share a source, a target and the images are
+    not independent: attack.stats.cluster_bootstrap_mean)."""
+    plain = group([[c] for c in cells], seed)
+    ctrl = [c for c in cells if c.n_control_misclassified is not None]
+    return Group(
+        mean=cluster_bootstrap_mean(
+            [rate(c).value for c in cells], [c.source for c in cells], [c.target for c in cells], seed
+        ),
+        sd=plain.sd,
+        n=plain.n,
+        images=plain.images,
+        control=cluster_bootstrap_mean(
+            [control_rate(c).value for c in ctrl], [c.source for c in ctrl], [c.target for c in ctrl], seed
+        ),
+    )
+
+
 Pick = Callable[[Cell], bool]
 
 
@@ -138,7 +169,7 @@ def cell_view(m: Measurement, info: dict[str, Info], seed: int) -> dict[str, dic
     out = {}
     for arch in sorted({info[n].arch for n in m.sources} | {info[n].arch for n in m.targets}):
         out[arch] = {
-            f"as_{side}": group([[c] for c in cells_where(m, of_arch(side, arch))], seed)
+            f"as_{side}": cell_group(cells_where(m, of_arch(side, arch)), seed)
             for side in ("source", "target")
         }
     return out
@@ -154,13 +185,24 @@ def by_target_group(m: Measurement, info: dict[str, Info], seed: int) -> dict[st
     groups["global targets"] = where("kind", "global")
     groups["local targets"] = where("kind", "local")
     groups["all targets"] = lambda c: True
-    return {k: group([[c] for c in cells_where(m, pick)], seed) for k, pick in groups.items()}
+    return {k: cell_group(cells_where(m, pick), seed) for k, pick in groups.items()}
 
 
 def global_vs_local(m: Measurement, info: dict[str, Info], seed: int) -> tuple[dict[str, Group], PairedTest]:
-    """Transfer onto global vs local targets, and the paired test: for each source, the mean
-    over architectures of T(source -> global) - mean T(source -> locals) of that
-    architecture (usable cells only; the source itself is never a target here)."""
+    """Transfer onto global vs local targets, and the paired test over sources (the pairs
+    are the sources; attack.reports.tables.source_differences)."""
+
+    def of_kind(kind: str) -> Pick:
+        return lambda c: info[c.target].kind == kind
+
+    groups = {k: cell_group(cells_where(m, of_kind(k)), seed) for k in ("global", "local")}
+    return groups, sign_flip_test(source_differences(m, info), seed)
+
+
+def source_differences(m: Measurement, info: dict[str, Info]) -> list[float]:
+    """One difference per source: the mean over architectures of T(source -> global) -
+    mean T(source -> locals) of that architecture (usable cells only; the source itself
+    is never a target here)."""
     cell = {(c.source, c.target): c for c in m.cells if usable(c)}
     diffs = []
     for src in m.sources:
@@ -174,12 +216,33 @@ def global_vs_local(m: Measurement, info: dict[str, Info], seed: int) -> tuple[d
                 per_arch.append(statistics.fmean(g) - statistics.fmean(loc))
         if per_arch:
             diffs.append(statistics.fmean(per_arch))
+    return diffs
 
-    def of_kind(kind: str) -> Pick:
-        return lambda c: info[c.target].kind == kind
 
-    groups = {k: group([[c] for c in cells_where(m, of_kind(k))], seed) for k in ("global", "local")}
-    return groups, sign_flip_test(diffs, seed)
+def model_differences(m: Measurement, info: dict[str, Info]) -> list[float]:
+    """One difference per architecture with a global and local targets: the global
+    model's mean transfer as a target (over its usable cells) minus the mean over the
+    locals of each local's. The unit is the model, the unit a claim about global models
+    generalises over."""
+    diffs = []
+    for arch in sorted({info[n].arch for n in m.targets}):
+        per_target = {}
+        for name in m.targets:
+            cells = [c for c in m.cells if c.target == name and usable(c)]
+            if info[name].arch == arch and cells:
+                per_target[name] = statistics.fmean(rate(c).value for c in cells)
+        glob = [v for n, v in per_target.items() if info[n].kind == "global"]
+        locs = [v for n, v in per_target.items() if info[n].kind == "local"]
+        if glob and locs:
+            diffs.append(statistics.fmean(glob) - statistics.fmean(locs))
+    return diffs
+
+
+def model_level(m: Measurement, info: dict[str, Info], seed: int) -> PairedTest:
+    """Global vs local targets at the level of models: an exact sign-flip test over the
+    architectures' global-minus-locals differences (model_differences). With three
+    architectures the smallest possible p-value is 0.25."""
+    return sign_flip_test(model_differences(m, info), seed)
 
 
 def over_control(m: Measurement, seed: int) -> PairedTest:

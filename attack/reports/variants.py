@@ -23,7 +23,7 @@ from pathlib import Path
 from attack.measure.core import Cell, Measurement
 from attack.reports.compare import defense_effects_md, scatter_png
 from attack.reports.figures import CleanFigures, Estimate, GlobalVsLocal, GroupFigure, PairedFigure
-from attack.reports.readback import read_measurement, read_models
+from attack.reports.readback import VariantRecords, read_variant
 from attack.reports.summary import (
     ArchSummary,
     Counts,
@@ -35,7 +35,8 @@ from attack.reports.summary import (
     VariantSummary,
     study_json,
 )
-from attack.reports.tables import Group, Info, by_target_group, global_vs_local, study_table
+from attack.reports.tables import Group, Info, by_target_group, global_vs_local, model_level, study_table
+from attack.reports.tidy import Records, write_tidy
 from attack.stats import Interval, wilson
 from shared.config.study import StudyConfig
 from shared.io import atomic_write
@@ -62,8 +63,9 @@ class _Measured:
     global_vs_local: GlobalVsLocal
 
 
-def _measured(path: Path, info: dict[str, Info], member: bool, seed: int) -> _Measured:
-    m, sources = read_measurement(path)
+def _measured(
+    m: Measurement, sources: dict[str, Info], info: dict[str, Info], member: bool, seed: int
+) -> _Measured:
     full = dict(info)
     for s, i in sources.items():
         full.setdefault(s, i)
@@ -72,7 +74,7 @@ def _measured(path: Path, info: dict[str, Info], member: bool, seed: int) -> _Me
         m,
         study_table(m, full, seed) if member else None,
         by_target_group(m, full, seed),
-        GlobalVsLocal.of(groups, test),
+        GlobalVsLocal.of(groups, test, model_level(m, full, seed)),
     )
 
 
@@ -118,15 +120,16 @@ def _own_robust_accuracy(robust: Measurement, name: str) -> float | None:
 
 def variant_summary(attack_dir: Path, study: StudyConfig, eps: float, seed: int) -> VariantSummary:
     """One variant's figures per architecture, from its attack's results.json files."""
-    models = read_models(attack_dir / "results.json")
-    info = {m.name: Info(m.name, m.arch, m.kind, m.site) for m in models}
-    clean = {m.name: m.clean_test for m in models}
+    return summarize(read_variant(attack_dir, study.attacks, study.threats), study, eps, seed)
+
+
+def summarize(records: VariantRecords, study: StudyConfig, eps: float, seed: int) -> VariantSummary:
+    """One variant's figures per architecture, from its results read back."""
+    info = {m.name: Info(m.name, m.arch, m.kind, m.site) for m in records.models}
+    clean = {m.name: m.clean_test for m in records.models}
     measured = {
-        f"{attack}/{threat}": _measured(
-            attack_dir / "suite" / f"{attack}-{threat}" / "results.json", info, threat == "member", seed
-        )
-        for attack in study.attacks
-        for threat in study.threats
+        key: _measured(m, sources, info, key.endswith("/member"), seed)
+        for key, (m, sources) in records.measured.items()
     }
     robust = measured[f"{study.robust_attack}/member"].m
     return VariantSummary(
@@ -227,12 +230,15 @@ def _transfer_md(ok: dict[str, VariantSummary], key: str) -> list[str]:
             lines.append(f"| {name} | {arch} | " + " | ".join(_group(c) for c in cols) + " |")
     lines.append("")
     for name, v in ok.items():
-        lines.append(f"- {name}: " + _paired(v.global_vs_local[key].paired_test))
+        g = v.global_vs_local[key]
+        lines.append(f"- {name}: " + _paired(g.paired_test))
+        if g.model_level is not None:
+            lines.append("  - model level (over architectures): " + _paired(g.model_level, "architectures"))
     lines.append("")
     return lines
 
 
-def _paired(test: PairedFigure) -> str:
+def _paired(test: PairedFigure, units: str = "sources") -> str:
     """Global minus local targets, in words (an interval or p-value may be missing when
     there are too few pairs)."""
     diff = test.mean_difference
@@ -247,12 +253,17 @@ def _paired(test: PairedFigure) -> str:
     p = "n/a" if test.p_value is None else test.p_value
     return (
         f"global minus local targets {100 * diff.value:+.1f} points{span} over "
-        f"{test.n_pairs} sources, p = {p} ({verdict})"
+        f"{test.n_pairs} {units}, p = {p} ({verdict})"
     )
 
 
-def write_study(out: Path, variants: Variants, study: StudyConfig, eps: float, meta: StudyMeta) -> Path:
-    """study.json, study.md and study.png in `out`; returns the report's path."""
+def write_study(
+    out: Path, variants: Variants, study: StudyConfig, eps: float, meta: StudyMeta, records: Records
+) -> Path:
+    """study.json, study.md, study.png and the tidy tables (transfer.csv, clean.csv: every
+    (seed, variant) of `records`, the records `variants` were summarized from) in `out`;
+    returns the report's path."""
+    write_tidy(out, records)
     atomic_write(out / "study.json", json.dumps(study_json(meta, variants), indent=1, default=str))
     atomic_write(out / "study.md", study_md(variants, study, eps))
     scatter_png(variants, out / "study.png")

@@ -9,7 +9,7 @@ from typing import Any
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
 STUDY_THREATS = ("member", "insider", "outsider")
-FIXED = ("output_dir", "seed", "study")  # and every data.* / synth.* key
+FIXED = ("output_dir", "seed", "split_seed", "study")  # and every data.* / synth.* key
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,14 @@ class Variant:
 class StudyConfig:
     """The variants, and what measures each: every (attack, threat) at attack.eps, on the
     same held-out test images; `robust_attack` (member threat) gives white-box robust
-    accuracy."""
+    accuracy. `seeds` (or `fedattack study --seeds`): one independent federation per seed
+    and variant, all on the split of the config's seed, reported as means over seeds."""
 
     variants: tuple[Variant, ...]
     attacks: tuple[str, ...] = ("fgsm", "pgd")
     threats: tuple[str, ...] = ("member", "outsider")
     robust_attack: str = "pgd"
+    seeds: tuple[int, ...] = ()  # empty: the config's seed alone
 
     def __post_init__(self) -> None:
         if not self.variants:
@@ -57,6 +59,12 @@ class StudyConfig:
             raise ValueError(f"threats: unknown threat model {unknown[0]!r}; known: {list(STUDY_THREATS)}")
         if "member" not in self.threats:
             raise ValueError("threats: must include member (white-box robustness and transfer as source)")
+        repeated = sorted({s for s in self.seeds if self.seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(
+                f"seeds: {repeated[0]} is given twice in {list(self.seeds)}; "
+                "every replicate needs its own seed"
+            )
         if self.robust_attack not in self.attacks:
             raise ValueError(
                 f"robust_attack: {self.robust_attack!r} must be one of attacks {list(self.attacks)}"
