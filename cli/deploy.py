@@ -12,6 +12,18 @@ from pathlib import Path
 from shared.errors import FedAttackError
 
 
+def _site_name(value: str) -> str:
+    """A site name as data.sites spells them (shared.config.data.SITE_NAME)."""
+    from shared.config.data import SITE_NAME
+
+    if not SITE_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value[:40]!r} is not a site name "
+            "(1-32 letters, digits, '_' or '-', starting with a letter or digit)"
+        )
+    return value
+
+
 def _secure(args: argparse.Namespace, option: str, what: str) -> Path | None:
     """The folder or file of `option` (e.g. --credentials), or None with an explicit --insecure;
     exactly one of them is required. `what` says what the secure side gives."""
@@ -287,7 +299,7 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=_deploy_register)
 
     n = dsub.add_parser("supernode", help="start one site's SuperNode")
-    n.add_argument("--site", required=True, choices=["A", "B", "C", "D"])
+    n.add_argument("--site", required=True, type=_site_name, help="a site of data.sites (A, B, C, D, ...)")
     n.add_argument("--superlink", required=True, help="HOST:PORT the SuperLink listens on")
     n.add_argument("--data", required=True, help="the site's folder (site_<site>.json + images)")
     n.add_argument("--root-certificates", help="the CA certificate")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config.data import SITES
+from shared.config.data import SITE_NAME, SITES
 from shared.errors import ConfigError
 
 KEYS = ("site", "manifest", "cache-dir", "data-root", "device", "image-size")
@@ -60,10 +60,10 @@ class NodeConfig:
         if unknown:
             raise ConfigError(f"node config: unknown key {unknown[0]!r}; known: {list(KEYS)}")
         site = str(nc.get("site", ""))
-        if site not in SITES:
+        if not SITE_NAME.fullmatch(site):
             raise ConfigError(
-                f"node config: 'site' must be one of {list(SITES)}, got {site!r}; "
-                f"start the SuperNode with {_EXAMPLE}"
+                f"node config: 'site' must be a site name of data.sites (such as {list(SITES)}), "
+                f"got {site[:40]!r}; start the SuperNode with {_EXAMPLE}"
             )
         manifest = Path(str(nc.get("manifest", "")))
         if not manifest.is_file():

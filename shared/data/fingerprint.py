@@ -19,11 +19,13 @@ MANIFEST_PREFIXES = ("site_", "test_", "public_")
 
 
 def manifest_digest(m: Manifest) -> str:
-    """sha256 over the manifest's name, dataset and samples (ids, patients, labels, parts)."""
+    """sha256 over the manifest's name, dataset and samples (ids, patients, labels, parts),
+    and its partition when skewed."""
     body = {
         "name": m.name,
         "dataset": m.dataset,
         "parts": {k: [[s.image_id, s.patient_id, s.label] for s in v] for k, v in sorted(m.parts.items())},
+        **({"partition": m.partition} if m.partition else {}),  # iid manifests' digests as they were
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 

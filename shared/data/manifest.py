@@ -26,6 +26,10 @@ class Manifest:
     data_root: Path
     parts: dict[str, tuple[Sample, ...]]
     skipped: tuple[str, ...] = ()
+    # How a site's shard was dealt from its dataset (shared.config.data's PartitionConfig
+    # .describe()) when not the iid round robin; "" for iid, test and public manifests,
+    # whose files then stay as they always were.
+    partition: str = ""
 
     def part(self, name: str) -> tuple[Sample, ...]:
         try:
@@ -34,11 +38,13 @@ class Manifest:
             raise DatasetError(f"manifest {self.name}: no part {name!r}; has {sorted(self.parts)}") from None
 
     def to_json(self) -> dict[str, Any]:
+        partition = {"partition": self.partition} if self.partition else {}
         return {
             "version": MANIFEST_VERSION,
             "name": self.name,
             "dataset": self.dataset,
             "kind": self.kind,
+            **partition,
             "data_root": str(self.data_root),
             "parts": {k: [s.to_row() for s in v] for k, v in self.parts.items()},
             "skipped": list(self.skipped),
@@ -77,6 +83,7 @@ def load_manifest(path: Path, data_root: Path | None = None) -> Manifest:
             data_root=Path(data_root) if data_root else Path(raw["data_root"]),
             parts=parts,
             skipped=tuple(raw.get("skipped", ())),
+            partition=str(raw.get("partition", "")),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise DatasetError(f"{path}: malformed manifest ({e!r}); regenerate it") from None

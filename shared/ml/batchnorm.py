@@ -11,6 +11,12 @@ validation AUC of 0.945 with a sensitivity of 0.21 at argmax). So:
 - it sends the re-estimated statistics back, and the server pools them exactly into the
   stored global model (`pool`: the mean of the site means, and the mean of the site second
   moments minus the squared pooled mean, both weighted by training images).
+
+Models without BatchNorm (ViT, DeiT, Swin: LayerNorm; ConvNeXt: LayerNorm2d) have no running
+statistics: LayerNorm normalises each image by its own features, so the averaged weights
+need no re-estimate. For them `recalibrate` is a no-op (no pass over the data), `statistics`
+and `pool` are empty, and FedBN's `personal_keys` are none: FedBN trains them exactly as
+FedAvg does (their LayerNorm affine weights are averaged like every other weight).
 """
 
 from __future__ import annotations
@@ -34,9 +40,12 @@ def layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]
 def recalibrate(model: nn.Module, loader: DataLoader, device: torch.device) -> int:
     """Re-estimate every BatchNorm layer's running statistics for the model's current
     weights: one pass over `loader` with only the BatchNorm layers in training mode.
-    Returns the number of images seen. The model is left in eval mode."""
+    Returns the number of images seen (0 for a model without BatchNorm: no pass). The model
+    is left in eval mode."""
     bns = layers(model)
     model.eval()
+    if not bns:
+        return 0
     for _, m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the pass

@@ -13,10 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.config.training import MIN_INPUT, net_size_problem
+from shared.config.training import MIN_INPUT, net_size_problem, patch_problem
 from shared.errors import CheckpointError, ConfigError
+from shared.ml.weights import check_weights_file
 
 NUM_CLASSES = 2
+# timm modules whose networks are built for one input size (positional embeddings, window
+# grids): build_model passes them img_size = the net size. The rest (CNNs, ConvNeXt) take any.
+SIZED_MODULES = (
+    "vision_transformer",
+    "deit",
+    "swin_transformer",
+    "swin_transformer_v2",
+    "beit",
+    "eva",
+    "cait",
+    "vision_transformer_relpos",
+)
 
 
 @dataclass(frozen=True)
@@ -95,10 +108,15 @@ def build_model(
     problem = net_size_problem(arch, net_size) if net_size else None
     if problem:
         raise ConfigError(f"training.{problem}")
+    size = net_size or default_net_size(arch, image_size)
+    if not net_size and (problem := patch_problem(arch, size)):
+        raise ConfigError(f"data.image_size: {problem}; set training.per_arch.{arch}.net_size")
     kwargs: dict[str, Any] = {"num_classes": NUM_CLASSES, "in_chans": channels}
+    if timm.models.is_model_in_modules(arch, SIZED_MODULES):  # positional embeddings at the net size
+        kwargs["img_size"] = size
     if pretrained_file is not None:
-        if not Path(pretrained_file).is_file():
-            raise ConfigError(f"training.pretrained.{arch}: weights file {pretrained_file} not found")
+        with torch.random.fork_rng(devices=[]):  # the check's model leaves the seeded init alone
+            check_weights_file(arch, Path(pretrained_file), timm.create_model(arch, **kwargs))
         kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)})
     net = timm.create_model(arch, **kwargs)
     cfg: dict[str, Any] = dict(net.pretrained_cfg)  # type: ignore[arg-type]
@@ -110,7 +128,7 @@ def build_model(
         channels,
         tuple(map(float, mean)),
         tuple(map(float, std)),
-        net_size or default_net_size(arch, image_size),
+        size,
     )
     return Classifier(arch, net, spec)
 

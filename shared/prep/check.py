@@ -22,11 +22,13 @@ class PartReport:
     unreadable: int
     absent: int  # listed in the dataset's CSV but not on disk (whole dataset)
     unreadable_list: Path
+    dataset: str = ""
+    partition: str = ""  # the manifest's partition ("" for iid, test and public sets)
 
 
 def check_data(cfg: ExperimentConfig) -> list[PartReport]:
     """Validate every dataset: write the splits, decode each part, count what is unreadable."""
-    paths = make_splits(cfg.data, cfg.seed, cfg.splits_dir)
+    paths = make_splits(cfg.data, cfg.splitting_seed, cfg.splits_dir)
     reports = []
     for _, path in sorted(paths.items()):
         m = load_manifest(path)
@@ -51,6 +53,8 @@ def check_data(cfg: ExperimentConfig) -> list[PartReport]:
                     unreadable=len(cached.unreadable),
                     absent=len(m.skipped),
                     unreadable_list=cached.folder / "unreadable.txt",
+                    dataset=m.dataset,
+                    partition=m.partition,
                 )
             )
     return reports
@@ -69,7 +73,23 @@ def format_reports(reports: list[PartReport]) -> str:
             f"{r.positives:>10}{r.unreadable:>11}{r.absent:>9}"
         )
     lines.append("* listed in the dataset's CSV but absent on disk (per dataset, skipped)")
+    lines.extend(format_sites(reports))
     return "\n".join(lines)
+
+
+def format_sites(reports: list[PartReport]) -> list[str]:
+    """One line per site: its dataset, partition, size and positive rate (train and val)."""
+    sites: dict[str, list[PartReport]] = {}
+    for r in reports:
+        if r.manifest.startswith("site_"):
+            sites.setdefault(r.manifest.removeprefix("site_"), []).append(r)
+    lines = ["sites (train + val):"]
+    for site, parts in sites.items():
+        images, positives = sum(r.images for r in parts), sum(r.positives for r in parts)
+        rate = f"{positives / images:.1%}" if images else "-"
+        how = parts[0].partition or "iid"
+        lines.append(f"  {site}: {images} images, {rate} positive ({parts[0].dataset}, {how})")
+    return lines
 
 
 def format_overlap(cfg: ExperimentConfig) -> str:
