@@ -9,8 +9,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from cli.deploy import add_deploy_commands
 from pipeline.study import run_study
@@ -22,16 +23,16 @@ log = logging.getLogger("fedattack")
 
 
 def _data_synth(args: argparse.Namespace) -> int:
-    from shared.prep.synth.twin import synthesize
+    from shared.prep.synth.kinds import check_kinds, synthesize_kinds
 
+    kinds = _csv(args.kind, "--kind")
+    check_kinds(kinds)
     ensure_writable_dir(Path(args.out), "output folder (--out)")
-    counts = synthesize(
-        Path(args.out), args.patients, args.size, args.seed, args.positive_rate, args.nih_layout
+    counts = synthesize_kinds(
+        Path(args.out), kinds, args.patients, args.size, args.seed, args.positive_rate, args.nih_layout
     )
-    print(
-        f"wrote {counts['nih']} NIH images to {Path(args.out) / 'nih'} and "
-        f"{counts['rsna']} RSNA images to {Path(args.out) / 'rsna'}"
-    )
+    for kind, n in counts.items():
+        print(f"wrote {n} {kind} images to {Path(args.out) / kind}")
     return 0
 
 
@@ -41,7 +42,7 @@ def _data_split(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     ensure_writable_dir(cfg.output_dir, OUTPUT_DIR)
-    for name, path in sorted(make_splits(cfg.data, cfg.seed, cfg.splits_dir).items()):
+    for name, path in sorted(make_splits(cfg.data, cfg.splitting_seed, cfg.splits_dir).items()):
         print(f"{name}: {path}")
     return 0
 
@@ -75,15 +76,27 @@ def _federate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _csv(text: str, flag: str, kind: type = str) -> list:
+def _csv(text: str, flag: str, kind: Callable[[str], Any] = str) -> list:
     items = [t.strip() for t in text.split(",") if t.strip()]
-    what = "numbers" if kind is float else "names"
+    what = "names" if kind is str else "numbers"
     if not items:
         raise FedAttackError(f"{flag} {text!r}: names nothing; expected a comma-separated list of {what}")
     try:
         return [kind(t) for t in items]
     except ValueError:
         raise FedAttackError(f"{flag} {text!r}: expected a comma-separated list of {what}") from None
+
+
+def _eps(text: str) -> float:
+    """One --eps item: a number or k/255 (checked against the config's bounds later)."""
+    from shared.config.attack import Eps
+
+    if "/" not in text:
+        return float(text)
+    try:
+        return Eps.parse_config_value(text)
+    except ValueError as e:
+        raise FedAttackError(f"--eps {text!r}: {e}") from None
 
 
 def suite_overrides(args: argparse.Namespace) -> dict:
@@ -94,7 +107,7 @@ def suite_overrides(args: argparse.Namespace) -> dict:
     if args.threat is not None:
         o["attack.suite.threats"] = _csv(args.threat, "--threat")
     if args.eps is not None:
-        o["attack.suite.sweep_eps"] = _csv(args.eps, "--eps", float)
+        o["attack.suite.sweep_eps"] = _csv(args.eps, "--eps", _eps)
     return o
 
 
@@ -168,7 +181,8 @@ def overrides(args: argparse.Namespace) -> dict:
 
 
 def _study(args: argparse.Namespace) -> int:
-    report = run_study(Path(args.config), args.out)
+    seeds = tuple(_csv(args.seeds, "--seeds", int)) if args.seeds is not None else ()
+    report = run_study(Path(args.config), args.out, seeds)
     print(report.read_text())
     return 0
 
@@ -179,6 +193,11 @@ def add_study_command(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--config", required=True, help="experiment YAML with a study section")
     s.add_argument("--out", help="output folder (overrides output_dir)")
+    s.add_argument(
+        "--seeds",
+        help="replicates: one federation per seed and variant on the config's split, e.g. 7,8,9 "
+        "(overrides study.seeds)",
+    )
     s.set_defaults(func=_study)
 
 
@@ -190,7 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="synthesize, split and check datasets")
     dsub = data.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="write the synthetic twin in the real layouts")
-    s.add_argument("--out", required=True, help="output folder (gets nih/ and rsna/)")
+    s.add_argument("--out", required=True, help="output folder (gets one folder per kind: nih/, rsna/, ...)")
+    s.add_argument(
+        "--kind",
+        default="nih,rsna",
+        help="layouts to write, comma-separated: nih, rsna, chexpert, mimic, padchest, vindr",
+    )
     s.add_argument("--patients", type=int, default=400, help="patients per dataset")
     s.add_argument("--size", type=int, default=256, help="image side in pixels")
     s.add_argument("--seed", type=int, default=0)
@@ -242,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--attack", help="suite attacks, e.g. pgd,midi (implies --suite)")
     a.add_argument("--threat", help="suite threat models: member,insider,outsider (implies --suite)")
-    a.add_argument("--eps", help="suite eps sweep, e.g. 0.01,0.02 (implies --suite)")
+    a.add_argument("--eps", help="suite eps sweep, e.g. 0.01,0.02 or 2/255,4/255 (implies --suite)")
     a.set_defaults(func=_attack)
 
     add_deploy_commands(sub)
@@ -255,7 +279,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=None, help="synthetic image side in pixels")
     d.add_argument("--seed", type=int, default=None, help="experiment seed (also draws the synthetic twin)")
     d.set_defaults(func=_demo)
+
+    w = sub.add_parser("power", help="attacked images per cell that an attack-against-noise difference needs")
+    w.add_argument("--effect", type=float, required=True, help="the difference to detect (0.05: 5 points)")
+    w.add_argument("--control", type=float, default=0.05, help="the control's rate (default 0.05)")
+    w.add_argument("--power", type=float, default=0.8, help="the power wanted (default 0.8)")
+    w.add_argument("--alpha", type=float, default=0.05, help="two-sided level (default 0.05)")
+    w.set_defaults(func=_power)
     return p
+
+
+def _power(args: argparse.Namespace) -> int:
+    from attack.reports.power import images_needed
+
+    if not (0 < args.alpha < 1 and 0 < args.power < 1):
+        raise FedAttackError(f"--alpha {args.alpha} / --power {args.power}: each must be in (0, 1)")
+    try:
+        n = images_needed(args.effect, args.control, args.alpha, args.power)
+    except ValueError as e:
+        raise FedAttackError(f"--effect/--control: {e}") from None
+    print(
+        f"{n} attacked images per cell detect {args.control:.3g} -> {args.control + args.effect:.3g} "
+        f"(+{100 * args.effect:.1f} points) with power {args.power:g} at alpha {args.alpha:g} "
+        "(independent-proportions bound; a cell counts the images its target got right before, "
+        "so a test set needs about n / (pneumonia share x sensitivity) images)"
+    )
+    return 0
 
 
 _OS_HINTS = {

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from shared.config.data import SITES
+from shared.config.data import loader_workers, site_index
 from shared.config.node import NodeConfig
 from shared.config.run import RunSettings
 from shared.data.cache import CachedPart, load_cached
@@ -28,6 +28,7 @@ from shared.ml.calibration import UNCALIBRATED, histogram
 from shared.ml.finish import Finished, finish
 from shared.ml.models import Classifier, build_model
 from shared.ml.training import (
+    StepSettings,
     balanced_weights,
     make_optimizer,
     metrics_from_logits,
@@ -122,9 +123,9 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
     training message saves a full Flower round trip per round."""
     _threads(run)
     server_round, finetune = ask.server_round, ask.finetune
-    site_index = SITES.index(site.site)
+    site_number = site_index(site.site, run.sites)
     torch.manual_seed(
-        derive_seed(run.seed, "site-torch", server_round=server_round, site=site_index, finetune=finetune)
+        derive_seed(run.seed, "site-torch", server_round=server_round, site=site_number, finetune=finetune)
     )
     device = pick_device(site.device)
     received = model_with(run, arrays, f"site {site.site}")
@@ -136,12 +137,15 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
     train = site_data(site, run, "train")
     val = site_data(site, run, "val")
     t = run.training
-    val_loader = make_loader(val, run.channels, t.batch_size * 2, False, 0, 0)
+    workers = loader_workers(run.workers, len(run.sites))
+    # validation and recalibration read with workers on a GPU; on the CPU they share its cores
+    eval_workers = workers if device.type == "cuda" else 0
+    val_loader = make_loader(val, run.channels, t.batch_size * 2, False, eval_workers, 0)
     bn = None
     if own_bn:  # FedBN: the site's own statistics are those of its own BatchNorm
         bn = statistics(model)
     elif t.batchnorm == "recalibrate":  # statistics of the received weights, on this site's data
-        recalibrate(model, make_loader(train, run.channels, t.batch_size * 2, False, run.workers, 0), device)
+        recalibrate(model, make_loader(train, run.channels, t.batch_size * 2, False, eval_workers, 0), device)
         bn = statistics(model)
     before_logits, val_labels = predict(model, val_loader, device)
     before = metrics_from_logits(before_logits, val_labels)
@@ -154,8 +158,8 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
         run.channels,
         t.batch_size,
         True,
-        run.workers,
-        seed=derive_seed(run.seed, "site-shuffle", server_round=server_round, site=site_index),
+        workers,
+        seed=derive_seed(run.seed, "site-shuffle", server_round=server_round, site=site_number),
     )
     started = time.perf_counter()
     weights = balanced_weights(train.labels) if t.class_balance else None
@@ -164,7 +168,8 @@ def train_site(site: NodeConfig, run: RunSettings, arrays: ArrayRecord, ask: Ins
     proximal = Proximal(model, ask.proximal_mu) if ask.proximal_mu > 0 else None
     optimizer = make_optimizer(model, t.optimizer, lr)
     trained = cast(torch.nn.Module, torch.compile(model)) if t.compile else model  # these passes only
-    loss = train_epochs(trained, loader, optimizer, epochs, device, weights, adversarial, proximal)
+    step = StepSettings.on(device, t.precision, t.augment)
+    loss = train_epochs(trained, loader, optimizer, epochs, device, weights, adversarial, proximal, step)
     train_seconds = time.perf_counter() - started
     calibrate = finetune and t.calibration == "youden"
     done = finish(model, val_loader, device, calibrate=calibrate)  # the statistics it trained with

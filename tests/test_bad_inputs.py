@@ -371,6 +371,37 @@ def test_attack_settings_are_checked_before_any_compute_or_folder(tmp_path: Path
 
 
 @pytest.mark.unit
+def test_transfer_attack_settings_are_checked_before_any_model_loads(tmp_path: Path, synth_dir: Path) -> None:
+    """An unknown loss or ensemble mode lists the known ones; an eps in /255 outside (0, 255];
+    a TI kernel that is even or larger than the images: one line, nothing read or made."""
+    out, store = tmp_path / "attack-out", tmp_path / "none"
+    member = ["--threat", "member"]
+    cases: list[tuple[dict, list[str], str]] = [
+        (
+            {},
+            ["--attack", "pgd+hinge", *member],
+            "unknown loss 'hinge' in attack 'pgd+hinge'; known: ce, margin",
+        ),
+        ({}, ["--eps", "300/255", *member], "--eps '300/255': '300/255' is outside 0 < k <= 255"),
+        ({}, ["--eps=-2/255", *member], "is outside 0 < k <= 255"),
+        ({"attack.suite.ensemble": "mean"}, member, "one of ['logits', 'loss', 'scaled', 'svre']"),
+        ({"attack.eps": "256/255"}, member, "attack.eps' must be"),
+        ({"attack.iterative.kernel_size": 4}, member, "kernel_size: 4 has no centre pixel; use an odd size"),
+        (
+            {"attack.iterative.kernel_size": 99},
+            ["--attack", "tifgsm", *member],
+            "attack.iterative.kernel_size 99 is larger than the images (data.image_size 64)",
+        ),
+    ]
+    for overrides, extra, needle in cases:
+        cfg = write_config(tmp_path / "cfg.yaml", synth_dir, tmp_path / "run", **overrides)
+        with pytest.raises(FedAttackError) as e:
+            _attack_cli(cfg, out, store, *extra)
+        assert needle in str(e.value) and "\n" not in str(e.value), (needle, str(e.value))
+        assert not out.exists() and not (tmp_path / "run").exists(), extra
+
+
+@pytest.mark.unit
 def test_a_file_error_without_a_typed_wrapper_is_one_line_naming_the_file() -> None:
     """What the CLI prints for an OSError that reaches it (a container whose home is not
     writable gave a traceback): the file, the reason, what to do."""

@@ -42,7 +42,12 @@ def _write(tmp_path: Path, mutate) -> Path:
         (lambda r: r["data"].update(image_size="big"), "'data.image_size' must be an integer"),
         (lambda r: r["training"]["optimizer"].update(name="rmsprop"), "'training.optimizer.name'"),
         (lambda r: r["attack"].update(eps=1.5), "eps"),
-        (lambda r: r["data"]["datasets"]["nih"].update(sites=["A", "Z"]), "unknown site 'Z'"),
+        (lambda r: r["data"]["datasets"]["nih"].update(sites=["A", "A"]), "site A is named twice"),
+        (lambda r: r["data"]["datasets"]["nih"].update(sites=["A", "x/y"]), "site name 'x/y' must be"),
+        (
+            lambda r: r["data"]["datasets"]["nih"].update(partition={"kind": "label", "alpha": 0}),
+            "data.datasets.nih.partition.alpha: must be > 0",
+        ),
         (lambda r: r["data"]["datasets"]["rsna"].update(sites=["B", "C"]), "already belongs"),
         (lambda r: r["federation"].update(architectures="resnet50"), "must be a list"),
         (lambda r: r["data"].update(skip_unreadable=1), "true or false"),

@@ -112,7 +112,7 @@ def prepare_deployment_data(
     `attack_dir/test_<dataset>.json` + images for every test set (and
     `attack_dir/public_<dataset>.json` + images for the outsider's public split, if any)."""
     cfg = resolve_data(config, work, synth_if_missing)
-    make_splits(cfg.data, cfg.seed, cfg.splits_dir)
+    make_splits(cfg.data, cfg.splitting_seed, cfg.splits_dir)
     skip = cfg.data.skip_unreadable
     out = []
     for site in cfg.data.sites:

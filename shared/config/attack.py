@@ -5,7 +5,42 @@ models, eps sweeps). Part of the one experiment YAML (`attack:`), parsed with it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+EPS_FORMS = "a number in (0, 1] (pixel space [0, 1]) or k/255 with 0 < k <= 255, e.g. '4/255'"
+
+
+class Eps(float):
+    """An L-infinity budget in [0, 1] pixel space, written in the config (and on the command
+    line) either as a number (0.02) or in 8-bit units as "k/255" ("4/255" = 4 / 255)."""
+
+    @classmethod
+    def parse_config_value(cls, value: Any) -> Eps:
+        """The budget `value` stands for; ValueError (naming the accepted forms) otherwise."""
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError(EPS_FORMS)
+        if isinstance(value, str):
+            num, slash, den = value.strip().partition("/")
+            try:
+                k = float(num)
+                if slash and float(den) != 255:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(EPS_FORMS) from None
+            if slash and not 0 < k <= 255:
+                raise ValueError(f"{value!r} is outside 0 < k <= 255 (k/255 of the pixel range)")
+            value = k / 255 if slash else k
+        return cls(value)
+
+
+STUDY_EPS = Eps(0.02)  # 2% of the pixel range (Hirano & Takemoto's UAP budget)
+
+
+def eps_text(eps: float) -> str:
+    """A budget in both units: "0.0157 (4/255)", "0.02 (5.1/255)"."""
+    k = eps * 255
+    units = f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{k:.1f}/255"
+    return f"{eps:.3g} ({units})"
 
 
 @dataclass(frozen=True)
@@ -17,8 +52,27 @@ class IterativeConfig:
     decay: float = 1.0  # momentum factor of MI-FGSM and MI-DI
     diversity_prob: float = 0.5  # probability of the resize-and-pad transform (DI)
     resize_rate: float = 0.9  # DI resizes to [rate * size, size) and pads back
+    scale_copies: int = 5  # SI-NI-FGSM: gradients over x / 2^i, i < scale_copies
+    variance_samples: int = 20  # VMI-FGSM: neighbours per step for the gradient variance
+    variance_bound: float = 1.5  # VMI-FGSM: neighbours uniform in the (bound * eps) cube
+    kernel_size: int = 15  # TI-FGSM: the Gaussian kernel's side (odd, at most the image side)
+    kernel_sigma: float = 3.0  # TI-FGSM: the kernel spans [-sigma, sigma] standard deviations
+    skip_gamma: float = 0.2  # SGM: the residual branches' gradient factor (the paper's ResNet value)
+    block_copies: int = 20  # BSR: transformed copies per gradient
+    blocks: int = 2  # BSR: blocks per side
+    max_angle: float = 24.0  # BSR: each strip's rotation range in degrees
 
     def __post_init__(self) -> None:
+        if min(self.scale_copies, self.variance_samples, self.block_copies) < 1 or self.blocks < 2:
+            raise ValueError("scale_copies, variance_samples and block_copies: must be >= 1; blocks: >= 2")
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(
+                f"kernel_size: {self.kernel_size} has no centre pixel; use an odd size such as 15 or 7"
+            )
+        if not 0.0 < self.skip_gamma <= 1.0:
+            raise ValueError(f"skip_gamma: must be in (0, 1], got {self.skip_gamma}")
+        if self.variance_bound <= 0 or self.kernel_sigma <= 0 or not 0 <= self.max_angle <= 180:
+            raise ValueError("variance_bound and kernel_sigma: must be > 0; max_angle: in [0, 180] degrees")
         if self.steps < 1:
             raise ValueError(f"steps: must be at least 1, got {self.steps}")
         if not 0.0 < self.step_fraction <= 1.0:
@@ -77,12 +131,14 @@ class SuiteConfig:
 
     attacks: tuple[str, ...] = ("fgsm", "bim", "pgd", "mifgsm", "difgsm", "midi", "uap", "uap-targeted")
     threats: tuple[str, ...] = ("member", "insider", "outsider")
-    sweep_eps: tuple[float, ...] = (0.01, 0.02, 0.04)
+    # 1, 2, 4 and 8 /255 (the transfer literature's units) and the study's 0.02
+    sweep_eps: tuple[Eps, ...] = (Eps(1 / 255), Eps(2 / 255), Eps(4 / 255), Eps(8 / 255), Eps(0.02))
     sweep_attacks: tuple[str, ...] = ("fgsm", "midi")
     # an ensemble's loss: CE of the mean of its members' logits (`logits`), of the mean of
     # their logits each divided by the sd of its margin on the attack images' fit part (`scaled`,
-    # so no member's logit scale decides alone), or the mean of their CEs (`loss`)
-    ensemble: Literal["logits", "loss", "scaled"] = "scaled"
+    # so no member's logit scale decides alone), or the mean of their CEs (`loss`); `svre`: the
+    # iterative attacks step along SVRE's variance-reduced direction over the members' own losses
+    ensemble: Literal["logits", "loss", "scaled", "svre"] = "scaled"
     # The suite's own share of the attack images (the first N pneumonia images of each test
     # set); null: every one, as the study's attack. Iterative attacks cost steps x what FGSM
     # costs, so CPU-sized runs may want fewer.
@@ -111,7 +167,7 @@ class AttackConfig:
     """The study's attack (FGSM under the member threat) and the attack suite."""
 
     name: str = "fgsm"
-    eps: float = 0.02
+    eps: Eps = STUDY_EPS
     batch_size: int = 32
     max_images_per_dataset: int | None = None
     # Clean predictions and probes decide the counts: float32 by default on every device;

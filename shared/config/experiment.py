@@ -7,6 +7,8 @@ Relative paths in the YAML are resolved against the current working directory.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -14,14 +16,15 @@ from typing import Any, Literal
 import yaml
 
 from shared.config.attack import AttackConfig
-from shared.config.data import SITES, DataConfig
+from shared.config.data import SITE_NAME, DataConfig
 from shared.config.study import StudyConfig
-from shared.config.training import TrainingConfig
+from shared.config.training import TrainingConfig, patch_problem
 from shared.config.typed import build, load_yaml, plain, set_dotted
 from shared.errors import ConfigError
 from shared.io import atomic_write
 
 TRIM_BETA = 0.25  # fedtrimmedavg's default cut: one reply off each end of four
+DEVICE = re.compile(r"cpu|cuda:\d+")
 
 
 def check_arch_names(names: tuple[str, ...], key: str) -> None:
@@ -30,7 +33,8 @@ def check_arch_names(names: tuple[str, ...], key: str) -> None:
 
     for name in names:
         if not timm.is_model(name):
-            close = timm.list_models(f"*{name[:5]}*")[:5]
+            close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+            close = close or timm.list_models(f"*{name[:5]}*")[:5]
             hint = f"; close names: {', '.join(close)}" if close else ""
             raise ValueError(f"{key}: {name!r} is not a timm model name{hint}")
 
@@ -58,8 +62,14 @@ class FederationConfig:
     # Every reply whose update (its weights minus the global sent) has an L2 norm above
     # this multiple of the round's median update norm is rejected (server.validation).
     update_norm_multiple: float = 10.0
+    # `fedattack federate`'s placement: site -> "cpu", "cuda:N"; a site not listed gets the
+    # visible GPUs round-robin (A cuda:0, B cuda:1, ...), the CPU on a host without one.
+    site_devices: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for site, device in self.site_devices.items():
+            if not SITE_NAME.fullmatch(site) or not DEVICE.fullmatch(device):
+                raise ValueError(f"site_devices: {site}: {device!r} must map a site to 'cpu' or 'cuda:N'")
         if self.strategy == "fedprox" and self.proximal_mu <= 0:
             raise ValueError(f"proximal_mu: fedprox needs a weight > 0, got {self.proximal_mu}")
         if self.strategy != "fedprox" and self.proximal_mu != 0:
@@ -71,8 +81,8 @@ class FederationConfig:
             raise ValueError("architectures: names must be unique")
         if self.rounds < 1:
             raise ValueError("rounds: must be >= 1")
-        if not 1 <= self.min_sites <= len(SITES):
-            raise ValueError(f"min_sites: must be in 1..{len(SITES)}")
+        if self.min_sites < 1:  # its upper bound, the configured sites, is ExperimentConfig's check
+            raise ValueError(f"min_sites: must be >= 1, got {self.min_sites}")
         if not self.update_norm_multiple >= 1:
             raise ValueError(
                 f"update_norm_multiple: must be >= 1 (a multiple of the round's median update norm), "
@@ -129,6 +139,9 @@ class ExperimentConfig:
     attack: AttackConfig = field(default_factory=AttackConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
     study: StudyConfig | None = None  # `fedattack study`: variants to train and compare
+    # the seed that splits the data (None: `seed`); `fedattack study --seeds` keeps it
+    # fixed so that replicate federations, each with its own seed, share one split
+    split_seed: int | None = None
 
     def __post_init__(self) -> None:
         # per_arch and pretrained may name architectures this run leaves out (a config
@@ -136,11 +149,22 @@ class ExperimentConfig:
         check_arch_names(self.federation.architectures, "federation.architectures")
         check_arch_names(tuple(self.training.per_arch), "training.per_arch")
         check_arch_names(tuple(self.training.pretrained), "training.pretrained")
+        for arch in self.federation.architectures:  # a per_arch net_size was checked in training
+            problem = patch_problem(arch, self.training.net_size(arch) or self.data.image_size)
+            if problem and not self.training.net_size(arch):
+                raise ValueError(
+                    f"data.image_size: {problem} (set training.per_arch.{arch}.net_size to a size it divides)"
+                )
         if len(self.data.sites) < self.federation.min_sites:
             raise ValueError(
                 f"federation.min_sites: {self.federation.min_sites} exceeds the "
                 f"{len(self.data.sites)} configured sites"
             )
+
+    @property
+    def splitting_seed(self) -> int:
+        """The seed the data split is drawn with."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @property
     def splits_dir(self) -> Path:

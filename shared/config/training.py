@@ -3,6 +3,7 @@ per-architecture exceptions, and federated adversarial training."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -18,6 +19,36 @@ def pick(value: T | None, default: T) -> T:
     return default if value is None else value
 
 
+# Name prefixes of timm's vision transformers (ViT, DeiT, Swin, BEiT, EVA, CaiT, XCiT, PiT,
+# MaxViT): the transformer family of the transfer report. Every other name is a CNN
+# (ConvNeXt included: a convolutional network with LayerNorm).
+TRANSFORMER_PREFIXES = ("vit_", "deit", "swin", "beit", "eva", "cait", "xcit", "pit_", "maxvit", "flexivit")
+
+
+def arch_family(arch: str) -> str:
+    """ "transformer" for a vision transformer's timm name, "CNN" for every other name."""
+    return "transformer" if arch.startswith(TRANSFORMER_PREFIXES) else "CNN"
+
+
+def patch_size(arch: str) -> int | None:
+    """The patch size a timm transformer's name states (vit_small_patch16_224: 16), or None."""
+    found = re.search(r"patch(\d+)", arch)
+    return int(found.group(1)) if found else None
+
+
+def patch_problem(arch: str, net_size: int) -> str | None:
+    """Why a patch-based network (ViT, DeiT, Swin) cannot see `net_size` (None when it can):
+    a patch size that does not divide it would silently drop the image's last rows and columns."""
+    patch = patch_size(arch)
+    if patch and net_size % patch:
+        fits = net_size - net_size % patch or patch
+        return (
+            f"{arch}'s patch size {patch} does not divide its net size {net_size}; "
+            f"use {fits} or {fits + patch}"
+        )
+    return None
+
+
 def net_size_problem(arch: str, net_size: int) -> str | None:
     """Why `net_size` cannot be `arch`'s internal input size (None when it can)."""
     low = MIN_INPUT.get(arch, 1)
@@ -26,7 +57,8 @@ def net_size_problem(arch: str, net_size: int) -> str | None:
             f"per_arch.{arch}.net_size: {net_size} is below the smallest input {arch} "
             f"accepts ({low}); use at least {low}"
         )
-    return None
+    patch = patch_problem(arch, net_size)
+    return f"per_arch.{arch}.net_size: {patch}" if patch else None
 
 
 @dataclass(frozen=True)
@@ -132,6 +164,12 @@ class TrainingConfig:
     # torch.compile the model for the sites' training passes only: validation, the stored
     # weights and the attack use the model itself.
     compile: bool = False
+    # The sites' training passes on CUDA (the CPU trains in float32): bf16 autocast (no loss
+    # scaling needed), fp16 autocast with a GradScaler, or fp32. Decisions and attacks stay fp32.
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    # Train-time augmentation for chest X-rays (shared.ml.augment): a random resized crop of
+    # 85-100% of the image area and a rotation within +-5 degrees, per image, on the device.
+    augment: bool = False
 
     @property
     def finetune_rate(self) -> float:

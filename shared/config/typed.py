@@ -40,13 +40,15 @@ def excerpt(value: Any) -> str:
 
 
 def plain(value: Any) -> Any:
-    """A YAML-safe copy: tuples to lists, paths to strings."""
+    """A YAML-safe copy: tuples to lists, paths to strings, numbers to plain floats."""
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
+    if isinstance(value, float):  # a float subclass (an Eps) as the plain number
+        return float(value)
     return value
 
 
@@ -117,6 +119,12 @@ def coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         if not isinstance(value, dict):
             raise bad("a mapping")
         return {str(k): coerce(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
+    parse = getattr(tp, "parse_config_value", None)
+    if parse is not None:  # a value with its own notation (an eps written as k/255)
+        try:
+            return parse(value)
+        except ValueError as e:
+            raise bad(str(e)) from None
     if tp is bool:
         if not isinstance(value, bool):
             raise bad("true or false")
