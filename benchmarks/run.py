@@ -17,11 +17,13 @@ printed with the raw times:
   memory    peak RSS of the job for 15 models at 224 px
   data      warm-cache loading time per epoch / training step time; decode throughput of
             PNG and JPEG Baseline DICOM against bare Pillow / pydicom
+  prep      at 1024 px, workers = cores: the cache build and the overlap hashing, CPU time
+            per image (with their workers') / a bare decode+resize of the same files
   flower    a round's wall time / the slowest site's training time (ResNet50, loopback)
   clientapp a message's cold start in fresh processes (import, app load, data open, the
             message minus training); against another checkout: benchmarks/clientapp_start.py
 
-    python -m benchmarks.run [--only attack,suite,scaling,memory,data,flower,clientapp] [--quick]
+    python -m benchmarks.run [--only attack,suite,scaling,memory,data,prep,flower,clientapp] [--quick]
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = ("resnet50", "densenet121", "inception_v3")
-SECTIONS = ("attack", "suite", "scaling", "memory", "data", "flower", "clientapp")
+SECTIONS = ("attack", "suite", "scaling", "memory", "data", "prep", "flower", "clientapp")
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -374,6 +376,80 @@ def bench_data(args: argparse.Namespace) -> None:
         )
 
 
+def bench_prep(args: argparse.Namespace) -> None:
+    """The data path at 1024 px as `data check` runs it, at workers = cores: the cache build
+    (`load_cached`) and the overlap hashing (`hash_dataset`) from scratch, in their process
+    pools, against a bare decode+resize of the same files (benchmarks.datapath.bare) in
+    this process. CPU time (this process and its reaped workers), best of --repeats, so
+    the machine's other load does not count. Per image: over all the files, and the
+    marginal cost (the slope between half and all of them), which leaves out a build's
+    fixed cost (the pool's start, the cache's last writes): what 100,000 images cost."""
+    import shutil
+
+    from benchmarks.datapath import bare, make_files
+    from shared.config.data import loader_workers
+    from shared.data.cache import load_cached
+    from shared.data.manifest import Manifest
+    from shared.data.records import DatasetIndex, Sample
+    from shared.prep.overlap import hash_dataset
+
+    def cpu(fn: Callable[[], object]) -> float:
+        t0, c0 = time.process_time(), os.times()
+        fn()
+        c1 = os.times()
+        children = (c1.children_user - c0.children_user) + (c1.children_system - c0.children_system)
+        return time.process_time() - t0 + children
+
+    workers, n, size = loader_workers(-1), args.prep_files, args.prep_size
+    print(
+        f"\n[prep] {n} radiograph-like 1024 px files per format, cache at {size} px, workers = {workers} "
+        f"(cores); CPU ms per image (this process + its workers), best of {args.repeats}; "
+        f"all {n} files | marginal (slope from {n // 2} to {n})"
+    )
+    print(f"  {'format':<6} {'bare':>13} {'cache build':>29} {'hashing':>29}  (target <= 1.25x)")
+    with tempfile.TemporaryDirectory(prefix="fedattack-bench-") as tmp:
+        root = Path(tmp) / "files"
+        root.mkdir()
+        make_files(root, n)
+        for suffix in ("png", "dcm"):
+            samples = tuple(Sample(f"{i}", f"p{i}", f"{i}.{suffix}", 0) for i in range(n))
+            out = Path(tmp) / suffix
+
+            def build(k: int, samples: tuple[Sample, ...] = samples, out: Path = out) -> None:
+                shutil.rmtree(out / "cache", ignore_errors=True)
+                load_cached(
+                    Manifest("bench", "bench", "nih", root, {"train": samples[:k]}),
+                    "train",
+                    size,
+                    out / "cache",
+                    workers,
+                )
+
+            def hashing(k: int, samples: tuple[Sample, ...] = samples, out: Path = out) -> None:
+                (out / "hashes.npz").unlink(missing_ok=True)
+                hash_dataset(DatasetIndex("bench", root, samples[:k]), out / "hashes.npz", workers)
+
+            def bare_all(k: int, samples: tuple[Sample, ...] = samples) -> None:
+                for s in samples[:k]:
+                    bare(root / s.relpath, size)
+
+            paths = {"bare": bare_all, "cache": build, "hash": hashing}
+            t = {(p, k): float("inf") for p in paths for k in (n // 2, n)}
+            for _ in range(args.repeats):  # interleaved; the best of each (noise only adds)
+                for (p, k), best in t.items():
+                    t[p, k] = min(best, cpu(lambda f=paths[p], k=k: f(k)))
+            whole = {p: t[p, n] / n * 1e3 for p in paths}
+            slope = {p: (t[p, n] - t[p, n // 2]) / (n - n // 2) * 1e3 for p in paths}
+
+            cell = {
+                p: f"{whole[p]:.2f} ({whole[p] / whole['bare']:.2f}x) | "
+                f"{slope[p]:.2f} ({slope[p] / slope['bare']:.2f}x)"
+                for p in ("cache", "hash")
+            }
+            bare_cell = f"{whole['bare']:.2f} | {slope['bare']:.2f}"
+            print(f"  {suffix:<6} {bare_cell:>13} {cell['cache']:>29} {cell['hash']:>29}")
+
+
 def bench_flower(args: argparse.Namespace) -> None:
     from benchmarks.flower_overhead import report, run_benchmark
 
@@ -412,6 +488,8 @@ def main() -> None:
     p.add_argument("--scaling-images", type=int, default=32)
     p.add_argument("--memory-images", type=int, default=8)
     p.add_argument("--data-patients", type=int, default=120)
+    p.add_argument("--prep-files", type=int, default=64, help="1024 px files per format (the prep section)")
+    p.add_argument("--prep-size", type=int, default=224, help="the cache's image size (the prep section)")
     p.add_argument("--flower-metrics", help="analyse this metrics.jsonl instead of running a federation")
     p.add_argument(
         "--flower-epochs",
@@ -443,7 +521,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats, args.attack_images, args.scaling_images, args.memory_images = 1, 32, 16, 4
-        args.data_patients = 60
+        args.data_patients, args.prep_files = 60, 32
     print(
         f"fedattack benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, torch {torch.__version__}, "
         f"{args.threads} threads, {os.cpu_count()} CPUs, peak RSS so far "
@@ -455,6 +533,7 @@ def main() -> None:
         "scaling": bench_scaling,
         "memory": bench_memory,
         "data": bench_data,
+        "prep": bench_prep,
         "flower": bench_flower,
         "clientapp": bench_clientapp,
     }

@@ -133,7 +133,8 @@ def _wait_for(what: str, check, timeout: float = 60.0):  # type: ignore[no-untyp
 def test_a_killed_cache_build_leaves_no_orphan_and_no_debris(site) -> None:
     """SIGKILL the process building a cache while its two decoding workers are busy (one
     blocked on a source file that never answers, a FIFO): the workers die with it, and
-    the next build removes the temporary folder it left."""
+    the next build takes over the folder it left (tests/test_resume.py: what it saved is
+    kept) and leaves nothing behind."""
     cfg, m = site
     victim = m.data_root / m.part("train")[0].relpath
     original = victim.read_bytes()

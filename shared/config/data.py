@@ -154,6 +154,14 @@ class OverlapConfig:
 
     detect: bool = True  # find twins by content: every image hashed once (cached in the splits folder)
     mapping_file: Path | None = None
+    # A linked group of more patients is suspect (false perceptual matches chaining patients):
+    # reported, and only its exact and mutual-best perceptual links are kept (shared.prep.leakage).
+    max_group_patients: int = 4
+
+    def __post_init__(self) -> None:
+        if self.max_group_patients < 2:
+            n = self.max_group_patients
+            raise ValueError(f"max_group_patients: must be at least 2 (a twin pair), got {n}")
 
 
 # Images with more pixels (width x height x frames, read from the header before decoding)

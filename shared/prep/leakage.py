@@ -16,8 +16,16 @@ connected component across datasets). The split keeps each group on one side:
   in a public split loses the public ones (the outsider must not train on an image it then
   attacks). After a pinned split nothing needs to go; a cap (max_patients) may still cut.
 
+A linked group of more than data.overlap.max_group_patients patients is suspect (false
+perceptual matches chain patients): only its exact, mapped and mutual-best perceptual links
+are kept (`vet_groups`), and it is logged and reported. With the mapping (the ground truth
+for NIH and RSNA), the detector's pairs are checked against it (`agreement`): found by
+both, only by the mapping, only by the detector; a detector pair the mapping contradicts
+(its RSNA image is another NIH patient's) is not used.
+
 The split's report (`<splits>/overlap.json`) says how many twins were found and by which
-method, which side each group drew, where each pair ended up, and what was dropped.
+method, which side each group drew, where each pair ended up, and what was dropped; the
+suspect groups, and the agreement with the mapping when there is one.
 """
 
 from __future__ import annotations
@@ -60,16 +68,18 @@ class Link:
 def find_links(
     data: DataConfig, indices: dict[str, DatasetIndex], splits_dir: Path
 ) -> tuple[list[Link], dict[str, Any]]:
-    """Twins by content across every pair of datasets, plus the mapping file's rows."""
+    """Twins by content across every pair of datasets, plus the mapping file's rows; with
+    the mapping, the detector's agreement with it and the detector links it contradicts
+    dropped; the links of suspect groups pruned (`vet_groups`)."""
     info: dict[str, Any] = {"detect": data.overlap.detect, "mapping_file": None}
-    links: list[Link] = []
+    detected: list[Link] = []
     if data.overlap.detect and len(indices) > 1:
         start = time.monotonic()
         hashes = [
             overlap.hash_dataset(ix, overlap.cache_path(splits_dir, n), data.workers)
             for n, ix in indices.items()
         ]
-        links += [
+        detected = [
             Link(t.a, t.a_id, t.b, t.b_id, t.method, {"bits": t.bits, "corr": round(t.corr, 6)})
             for t in overlap.cross_dataset_twins(hashes)
         ]
@@ -79,6 +89,7 @@ def find_links(
             not_hashed={h.dataset: h.skipped for h in hashes},
             thresholds={"phash_max_bits": overlap.PHASH_MAX_BITS, "rank_corr_min": overlap.RANK_CORR_MIN},
         )
+    mapped: list[Link] = []
     if data.overlap.mapping_file is not None:
         kinds = {ds.kind: n for n, ds in data.datasets.items()}
         if set(kinds) != {"nih", "rsna"} or len(kinds) != len(data.datasets):
@@ -88,13 +99,133 @@ def find_links(
             )
         nih, rsna = kinds["nih"], kinds["rsna"]
         rows, other = read_mapping(data.overlap.mapping_file, indices[nih], indices[rsna])
-        links += [Link(nih, r.nih_id, rsna, r.rsna_id, "mapping", {"line": r.line}) for r in rows]
+        mapped = [Link(nih, r.nih_id, rsna, r.rsna_id, "mapping", {"line": r.line}) for r in rows]
         info.update(
             mapping_file=str(data.overlap.mapping_file),
             mapping_rows=len(rows),
             mapping_rows_other_rsna_images=other,
         )
+        if data.overlap.detect:
+            detected, info["mapping_agreement"] = agreement(detected, mapped, indices)
+    links, suspects = vet_groups(
+        detected + mapped, patients_of(indices, detected + mapped), data.overlap.max_group_patients
+    )
+    info["max_group_patients"] = data.overlap.max_group_patients
+    info["suspect_groups"] = suspects
     return links, info
+
+
+EXAMPLES = 20  # pairs listed per kind of disagreement or per suspect group in overlap.json
+
+
+def _pair(link: Link, nih: str) -> tuple[str, str]:
+    """(NIH image, RSNA image) of a link between the two datasets."""
+    return (link.a_id, link.b_id) if link.a == nih else (link.b_id, link.a_id)
+
+
+def agreement(
+    detected: list[Link], mapped: list[Link], indices: dict[str, DatasetIndex]
+) -> tuple[list[Link], dict[str, Any]]:
+    """The detector checked against the mapping (the ground truth), pair by pair: found by
+    both, only by the mapping (missed), only by the detector. A detector-only pair whose
+    RSNA image the mapping gives to another image of the same NIH patient links the same
+    patients (kept); one the mapping gives to another NIH patient is contradicted: a false
+    link, not used. Returns the detector links kept and the report."""
+    if not mapped:
+        return detected, {"pairs_both": 0, "pairs_mapping_only": 0, "pairs_detector_only": len(detected)}
+    nih, rsna = mapped[0].a, mapped[0].b
+    patient = patients_of(indices, detected + mapped)
+    truth = {_pair(m, nih) for m in mapped}
+    nih_of = {r: n for n, r in truth}
+    found = {_pair(d, nih) for d in detected}
+    kept, same, contradicted = [], [], []
+    for d in detected:
+        n, r = _pair(d, nih)
+        if (n, r) in truth or r not in nih_of or patient[nih, nih_of[r]] == patient[nih, n]:
+            kept.append(d)
+            if (n, r) not in truth and r in nih_of:
+                same.append((n, r))
+        else:
+            contradicted.append((n, r))
+    both = truth & found
+    missed = sorted(truth - found)
+    only = sorted(found - truth)
+
+    def listed(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
+        return [{nih: n, rsna: r} for n, r in pairs[:EXAMPLES]]
+
+    return kept, {
+        "pairs_both": len(both),
+        "pairs_mapping_only": len(missed),
+        "pairs_detector_only": len(only),
+        "detector_only_same_nih_patient": len(same),
+        "detector_only_contradicted": len(contradicted),
+        "recall": round(len(both) / len(truth), 4),
+        "precision": round(len(both) / len(found), 4) if found else None,
+        "mapping_only": listed(missed),
+        "detector_only": listed(only),
+        "contradicted_not_used": listed(sorted(contradicted)),
+    }
+
+
+def vet_groups(
+    links: list[Link], patient: dict[tuple[str, str], str], max_patients: int
+) -> tuple[list[Link], list[dict[str, Any]]]:
+    """Links minus the doubtful ones of suspect groups, and a record of each suspect group.
+
+    A linked group of more than `max_patients` patients is suspect: false perceptual
+    matches (alike radiographs of different patients) chain patients into one group. In a
+    suspect group only the exact-hash links, the mapping's rows and the perceptual links
+    that are mutual best matches (each image's highest rank correlation among the group's
+    perceptual links, both ways; a re-encoded copy is its original's best match and vice
+    versa) are kept; the other perceptual links are dropped, and the group splits where
+    they held it together. What is left of it stays linked (on one side of the split).
+    Each suspect group is logged as a warning and recorded in overlap.json."""
+    groups = linked_groups(patient, links)
+    suspects: list[dict[str, Any]] = []
+    drop: set[int] = set()
+    node = {id(k): ((k.a, patient[k.a, k.a_id]), (k.b, patient[k.b, k.b_id])) for k in links}
+    for nodes in groups:
+        if len(nodes) <= max_patients:
+            continue
+        inside = [k for k in links if node[id(k)][0] in nodes]
+        perceptual = [k for k in inside if k.how == "perceptual"]
+        best: dict[tuple[str, str], Link] = {}
+        for k in perceptual:
+            for end in ((k.a, k.a_id), (k.b, k.b_id)):
+                if end not in best or _strength(k) > _strength(best[end]):
+                    best[end] = k
+        weak = [k for k in perceptual if best[k.a, k.a_id] is not k or best[k.b, k.b_id] is not k]
+        drop |= {id(k) for k in weak}
+        kept = [k for k in inside if id(k) not in {id(w) for w in weak}]
+        after = sorted((len(g) for g in linked_groups(patient, kept)), reverse=True)
+        record: dict[str, Any] = {
+            "patients": len(nodes),
+            "datasets": dict(sorted(Counter(ds for ds, _ in nodes).items())),
+            "links": dict(sorted(Counter(k.how for k in inside).items())),
+            "perceptual_links_dropped": len(weak),
+            "groups_after": after,
+            "dropped": [
+                {k.a: k.a_id, k.b: k.b_id, **k.detail} for k in sorted(weak, key=_strength, reverse=True)
+            ][:EXAMPLES],
+        }
+        suspects.append(record)
+        log.warning(
+            "overlap: a linked group of %d patients (%s) is suspect (data.overlap.max_group_patients is "
+            "%d): %d of its perceptual links are not mutual best matches and are dropped; what is left "
+            "links groups of %s patients. Listed in overlap.json (suspect_groups)",
+            len(nodes),
+            ", ".join(f"{d} {n}" for d, n in record["datasets"].items()),
+            max_patients,
+            len(weak),
+            ", ".join(map(str, after)) or "no",
+        )
+    return [k for k in links if id(k) not in drop], suspects
+
+
+def _strength(link: Link) -> tuple[float, int, str, str]:
+    """Order of perceptual links: rank correlation, then fewer pHash bits, then the ids."""
+    return (link.detail.get("corr", 0.0), -link.detail.get("bits", 64), link.a_id, link.b_id)
 
 
 def patients_of(indices: dict[str, DatasetIndex], links: list[Link]) -> dict[tuple[str, str], str]:
@@ -233,6 +364,18 @@ def summary(report: dict[str, Any]) -> str:
         f"{m} {c['images']} image(s) of {c['patients']} patient(s)" for m, c in report["dropped"].items()
     ]
     lines.append("  dropped: " + ("; ".join(drops) or "nothing (no twin of a site's data was held out)"))
+    if report.get("suspect_groups"):
+        sizes = ", ".join(str(g["patients"]) for g in report["suspect_groups"])
+        lines.append(
+            f"  suspect groups (more than {report.get('max_group_patients')} patients): {sizes} patients; "
+            "only their exact, mapped and mutual-best links kept"
+        )
+    if (agree := report.get("mapping_agreement")) is not None:
+        lines.append(
+            f"  detector vs the mapping file: {agree['pairs_both']} pairs found by both, "
+            f"{agree['pairs_mapping_only']} only in the mapping, {agree['pairs_detector_only']} only by the "
+            f"detector ({agree.get('detector_only_contradicted', 0)} contradicted by it, not used)"
+        )
     return "\n".join(lines)
 
 

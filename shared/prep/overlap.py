@@ -2,7 +2,8 @@
 
 RSNA Pneumonia's images are NIH ChestX-ray14 images, windowed, resampled and re-encoded as
 JPEG-baseline DICOM under new identifiers. Every image of every dataset is decoded once
-(`read_image`: 8- and 16-bit PNGs and DICOMs all land in [0, 1]) into
+(`decode_image`: 8- and 16-bit PNGs and DICOMs all stand for values in [0, 1], 8-bit ones
+kept as uint8) into
 - an exact hash: sha256 of the canonical pixels, the image resized to 64 x 64 and quantized
   to 8 bits (`resize_to_uint8`). An 8-bit PNG and its 16-bit copy (v * 257) decode to the
   same values and hash equal; so do an RGBA copy and a re-saved file;
@@ -32,7 +33,10 @@ same patient: what the split's patient-level policy wants anyway (shared.prep.le
 Constant images (blank, fully clipped) have no rank correlation and are skipped.
 
 The hashes are cached per dataset in `<splits>/hashes/<dataset>.npz`, keyed by each file's
-size and mtime: a re-split decodes only new or changed files.
+size and mtime: a re-split decodes only new or changed files. The images are hashed in a
+process pool (data.workers; -1: one per core) with progress lines (count, rate, ETA), and
+the cache is written (atomically) every SAVE_EVERY images or SAVE_S seconds, so a killed
+run loses at most that much.
 """
 
 from __future__ import annotations
@@ -41,8 +45,8 @@ import hashlib
 import logging
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +54,8 @@ import numpy as np
 from PIL import Image
 
 from shared.config.data import loader_workers
-from shared.data.images import read_image, resize_to_uint8
+from shared.data.images import decode_image, resize_to_uint8
+from shared.data.pool import Progress, run_jobs
 from shared.data.records import DatasetIndex
 from shared.errors import ImageReadError
 from shared.io import atomic_path
@@ -67,7 +72,8 @@ _K, _I = np.meshgrid(np.arange(8), np.arange(_N), indexing="ij")
 _DCT = (np.sqrt(np.where(_K == 0, 1.0, 2.0) / _N) * np.cos(np.pi * (2 * _I + 1) * _K / (2 * _N))).astype(
     np.float64
 )
-_PROGRESS_EVERY = 2000  # images decoded between two progress lines
+SAVE_EVERY = 2000  # images hashed between two saves of the hash cache
+SAVE_S = 30.0  # ... or seconds
 _PROGRESS_CHUNKS = 40  # chunks matched between two progress lines
 
 
@@ -97,11 +103,17 @@ class Twin:
 
 
 def image_hashes(img: np.ndarray) -> tuple[bytes, int, np.ndarray] | None:
-    """(sha256 of the canonical pixels, 64-bit pHash, float16 thumbnail) of a [0, 1] image;
-    None for a constant image."""
+    """(sha256 of the canonical pixels, 64-bit pHash, float16 thumbnail) of a [0, 1] float
+    image, or of a uint8 one standing for v / 255 (`decode_image`: 8-bit files never become
+    float; the same hashes, up to float rounding in the box downsample); None for a constant
+    image."""
     exact = hashlib.sha256(resize_to_uint8(img, CANONICAL_SIZE).tobytes()).digest()
-    small = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
-    a = np.asarray(small.resize((_N, _N), Image.Resampling.BOX), dtype=np.float64)
+    if img.dtype == np.uint8:
+        small = Image.fromarray(np.ascontiguousarray(img), mode="L").convert("F")
+        a = np.asarray(small.resize((_N, _N), Image.Resampling.BOX), dtype=np.float64) / 255.0
+    else:
+        small = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F")
+        a = np.asarray(small.resize((_N, _N), Image.Resampling.BOX), dtype=np.float64)
     low = (_DCT @ a @ _DCT.T).ravel()
     bits = np.packbits(low > np.median(low))
     thumb = _ranks(a.reshape(THUMB, _N // THUMB, THUMB, _N // THUMB).mean(axis=(1, 3)).ravel())
@@ -126,7 +138,7 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 def _hash_file(path: str) -> tuple[bytes, int, np.ndarray] | None:
     try:
-        return image_hashes(read_image(Path(path)))
+        return image_hashes(decode_image(Path(path)))
     except ImageReadError:
         return None  # the cache and `data check` report unreadable files
 
@@ -152,39 +164,57 @@ def _load_cache(path: Path) -> dict[str, tuple[tuple[int, int], bool, bytes, int
         return {}  # rebuilt
 
 
-def _decode_all(paths: list[str], workers: int) -> Iterator[tuple[bytes, int, np.ndarray] | None]:
-    workers = loader_workers(workers)
-    if workers > 0 and len(paths) > 256:
-        with ProcessPoolExecutor(max_workers=workers) as ex:
-            yield from ex.map(_hash_file, paths, chunksize=32)
-    else:
-        yield from map(_hash_file, paths)
-
-
 def hash_dataset(index: DatasetIndex, cache_file: Path, workers: int = 0) -> Hashes:
-    """Hash every image of `index`, decoding only files not in `cache_file` (size + mtime)."""
+    """Hash every image of `index`, decoding only files not in `cache_file` (size + mtime).
+    The cache is saved every SAVE_EVERY images or SAVE_S seconds (and when no file finished
+    for a second): a run killed half-way and started again decodes only what was not saved."""
     cached = _load_cache(cache_file) if cache_file.exists() else {}
     samples = index.samples
     stats = [_stat(index.root / s.relpath) for s in samples]
     rows: list[tuple[bool, bytes, int, np.ndarray]] = []
+    done = np.zeros(len(samples), dtype=bool)
     todo = []
     for i, s in enumerate(samples):
         hit = cached.get(s.relpath)
         if hit is not None and hit[0] == stats[i]:
             rows.append(hit[1:])
+            done[i] = True
         else:
             rows.append((False, b"", 0, np.zeros(THUMB * THUMB, np.float16)))
             todo.append(i)
     if todo:
-        start = time.monotonic()
         log.info("hashing %d of %d %s images (the others are cached)", len(todo), len(samples), index.name)
-        decoded = _decode_all([str(index.root / samples[i].relpath) for i in todo], workers)
-        for n, (i, h) in enumerate(zip(todo, decoded, strict=True), start=1):
-            rows[i] = (False, b"", 0, rows[i][3]) if h is None else (True, *h)
-            if n % _PROGRESS_EVERY == 0:
-                took = time.monotonic() - start
-                log.info("hashing %s: %d/%d images, %.0f s", index.name, n, len(todo), took)
-        _save_cache(cache_file, [s.relpath for s in samples], stats, rows)
+        progress = Progress(log, f"hashing {index.name}", len(todo))
+        relpaths = [s.relpath for s in samples]
+
+        def save() -> None:
+            keep = np.flatnonzero(done).tolist()
+            _save_cache(
+                cache_file, [relpaths[i] for i in keep], [stats[i] for i in keep], [rows[i] for i in keep]
+            )
+
+        paths = [str(index.root / samples[i].relpath) for i in todo]
+        unsaved, saved_at = 0, time.monotonic()
+        try:
+            with closing(run_jobs(_hash_file, paths, loader_workers(workers))) as results:
+                for item in results:
+                    if item is not None:
+                        k, h = item
+                        i = todo[k]
+                        rows[i] = (False, b"", 0, rows[i][3]) if h is None else (True, *h)
+                        done[i] = True
+                        unsaved += 1
+                        progress.add()
+                    due = item is None or unsaved >= SAVE_EVERY or time.monotonic() - saved_at >= SAVE_S
+                    if unsaved and due:  # also when nothing finished for a second: a stalled file
+                        save()
+                        unsaved, saved_at = 0, time.monotonic()
+        except BaseException:
+            if unsaved:  # what is done survives an error, Ctrl-C or SIGTERM
+                save()
+            raise
+        save()
+        progress.finish()
     ok = [i for i, r in enumerate(rows) if r[0]]
     thumb = np.array([rows[i][3] for i in ok], dtype=np.float32).reshape(len(ok), THUMB * THUMB)
     return Hashes(
