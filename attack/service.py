@@ -12,6 +12,7 @@ import torch
 
 from attack.measure.clean import clean_performance
 from attack.measure.core import AttackSet, Probe, Settings, SuiteRequest, Target, fit_mask
+from attack.measure.shards import attack_devices
 from attack.measure.testsets import attack_set, check_split, load_test_sets
 from attack.measure.threats import member_sources
 from attack.measure.transfer import measure
@@ -27,7 +28,6 @@ from attack.suite import check_suite, check_suite_data, run_suite
 from shared.config.experiment import ExperimentConfig
 from shared.errors import AttackError, CheckpointError
 from shared.ml.models import model_from_state
-from shared.ml.training import pick_device
 from shared.store.checkpoint import nonfinite_problem
 
 log = logging.getLogger(__name__)
@@ -67,16 +67,22 @@ def load_models(snap: StoreSnapshot, cfg: ExperimentConfig, cache: Path, skip_ba
     return Loaded(targets, hashes, skipped)
 
 
-def settings_for(cfg: ExperimentConfig) -> Settings:
-    device = pick_device()
-    if cfg.attack.precision == "bfloat16" and device.type != "cuda":
-        raise AttackError("attack.precision bfloat16 needs a CUDA device; use float32 on the CPU")
+def settings_for(cfg: ExperimentConfig, gpus: int | None = None) -> Settings:
+    """The measurement's settings on this host's devices (`gpus` replaces the visible GPU
+    count)."""
+    devices = attack_devices(cfg.attack, gpus)
     # crafting and every decision in full float32: no TF32 on Ampere and later
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     dtype = torch.bfloat16 if cfg.attack.precision == "bfloat16" else torch.float32
     return Settings(
-        cfg.attack.batch_size, device, dtype, cfg.seed, cfg.attack.universal.fit_fraction, cfg.attack.control
+        cfg.attack.batch_size,
+        devices[0],
+        dtype,
+        cfg.seed,
+        cfg.attack.universal.fit_fraction,
+        cfg.attack.control,
+        devices=devices,
     )
 
 
@@ -87,13 +93,12 @@ def check_request(
     client: tuple[Path, Path] | None = None,
 ) -> None:
     """Every setting that needs no data, before any folder is made or compute spent: the
-    study's attack, the suite's attacks, threats and sweep, the precision on this device,
-    the TLS files for an https:// store."""
+    study's attack, the suite's attacks, threats and sweep, the devices (attack.devices) and
+    the precision on them, the TLS files for an https:// store."""
     check_attack_names([cfg.attack.name])
     if suite is not None:
         check_suite(cfg, suite)
-    if cfg.attack.precision == "bfloat16" and pick_device().type != "cuda":
-        raise AttackError("attack.precision bfloat16 needs a CUDA device; use float32 on the CPU")
+    attack_devices(cfg.attack)
     tls_context(root_certificates, *(client or (None, None)))
 
 
@@ -164,7 +169,7 @@ def run_attack(
         s,
         progress,
     )
-    clean = {t.name: clean_performance(t.model, test, s) for t in loaded.targets}
+    clean = {t.name: clean_performance(t.model, test, probe.settings(t.name)) for t in loaded.targets}
     by_set = {k: sum(1 for i in data.ids if i.startswith(k + "/")) for k in digests}
     meta = RunMeta(
         attack=m.attack,

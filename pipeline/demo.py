@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from attack.measure.shards import attack_devices
 from attack.reports.figures import CleanFigures, Estimate
 from attack.reports.readback import read_models
 from attack.service import run_attack
@@ -44,6 +45,7 @@ def run_demo(
     if size:
         overrides["synth.size"] = size
     cfg = load_config(config, overrides)
+    attack_devices(cfg.attack)  # a GPU in attack.devices that is not there: refused before training
     t0 = time.monotonic()
     step = "[demo 1/3]"
     if not all((data / k / MARKERS[k]).exists() for k in kinds):

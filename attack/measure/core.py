@@ -15,9 +15,10 @@ float32 unless bfloat16 is chosen explicitly (then recorded).
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -72,6 +73,17 @@ class Settings:
     seed: int
     fit_fraction: float  # universal attacks: the share of images they are fitted on
     control: bool = True  # count random-sign noise at the same eps beside every cell
+    # the shards a measurement deals its models and sources to (attack.devices; a device
+    # listed twice is two shards on it); empty: `device` alone
+    devices: tuple[torch.device, ...] = ()
+
+    @property
+    def shards(self) -> tuple[torch.device, ...]:
+        return self.devices or (self.device,)
+
+    def on(self, device: torch.device) -> Settings:
+        """These settings on one device (one shard's work)."""
+        return replace(self, device=device, devices=())
 
 
 @dataclass
@@ -180,21 +192,47 @@ def fit_mask(ids: tuple[str, ...], fraction: float, seed: int) -> torch.Tensor:
 
 class Probe:
     """Each target's clean predictions on the attack set and its predictions on the
-    random-sign control, computed once and shared by every attack and threat model."""
+    random-sign control, computed once and shared by every attack and threat model.
+
+    Each target lives on one shard (`s.shards` round-robin in target order, `shard`), where
+    every prediction of it is made; a source that needs a model on another shard crafts on
+    a copy of it there (`on_shard`)."""
 
     def __init__(self, targets: list[Target], data: AttackSet, s: Settings) -> None:
         self.targets = {t.name: t for t in targets}
         self.data, self.s = data, s
         self.correct: dict[str, torch.Tensor] = {}
         self.control: dict[tuple[str, float], torch.Tensor] = {}
+        n = len(s.shards)
+        self.shard = {t.name: i % n for i, t in enumerate(targets)}
+        # each module's shard (a target's, and a foreign surrogate's from its first use) and
+        # its copies on other shards; modules are keys by identity
+        self.home: dict[nn.Module, int] = {t.model: self.shard[t.name] for t in targets}
+        self.copies: dict[tuple[nn.Module, int], nn.Module] = {}
+
+    def settings(self, name: str) -> Settings:
+        """The settings on the device of target `name`."""
+        return self.s.on(self.s.shards[self.shard[name]])
 
     def model(self, name: str) -> nn.Module:
-        return on_device(self.targets[name].model, self.s.device)
+        return on_device(self.targets[name].model, self.s.shards[self.shard[name]])
+
+    def on_shard(self, module: nn.Module, shard: int) -> nn.Module:
+        """`module` on shard `shard`'s device: itself where it lives (a module without a
+        shard yet lives on this one from now on), else its copy there, made once."""
+        home = self.home.setdefault(module, shard)
+        device = self.s.shards[shard]
+        if home == shard:
+            return on_device(module, device)
+        key = (module, shard)
+        if key not in self.copies:
+            self.copies[key] = on_device(copy.deepcopy(module), device)
+        return self.copies[key]
 
     def clean(self, name: str) -> torch.Tensor:
         """[N] bool: the target classifies the image as pneumonia (correct)."""
         if name not in self.correct:
-            self.correct[name] = predict_pneumonia(self.model(name), self.data.images, self.s)
+            self.correct[name] = predict_pneumonia(self.model(name), self.data.images, self.settings(name))
         return self.correct[name]
 
     def control_wrong(self, name: str, eps: float) -> torch.Tensor:
@@ -206,7 +244,7 @@ class Probe:
             noisy = [random_sign(self.data.images[i], eps, self.data.ids[i], self.s.seed) for i in ok]
             wrong = torch.zeros(len(self.data), dtype=torch.bool)
             if ok:
-                wrong[ok] = ~predict_pneumonia(self.model(name), torch.stack(noisy), self.s)
+                wrong[ok] = ~predict_pneumonia(self.model(name), torch.stack(noisy), self.settings(name))
             self.control[key] = wrong
         return self.control[key]
 

@@ -32,6 +32,13 @@ from shared.ml.iterative import iterate
 Gradient = Callable[[torch.Tensor], torch.Tensor]
 
 
+def drawn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """An empty tensor of x's shape and dtype for a random draw, on the generator's device
+    (x's without one): a CUDA tensor cannot draw from the CPU generator the measurement
+    seeds per source, and drawn on the CPU the numbers are the same on every device."""
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device if generator is None else generator.device)
+
+
 @dataclass(frozen=True)
 class Iterative:
     """An iterative L-infinity attack; its code is the adversarial images themselves."""
@@ -75,7 +82,7 @@ class Iterative:
     ) -> torch.Tensor:
         start = None
         if self.random_start:  # torchattacks' draw
-            start = torch.empty_like(x).uniform_(-self.eps, self.eps, generator=generator)
+            start = drawn_like(x, generator).uniform_(-self.eps, self.eps, generator=generator).to(x.device)
 
         def loss(adv: torch.Tensor) -> torch.Tensor:
             return surrogate.loss(
@@ -174,8 +181,9 @@ class Iterative:
                 total = torch.zeros_like(adv)
                 for _ in range(self.variance_samples):
                     # torchattacks draws randn_like(x) and overwrites it with uniform_
-                    noise = torch.empty_like(adv).normal_(generator=generator)
-                    total += point(adv.detach() + noise.uniform_(-bound, bound, generator=generator))
+                    noise = drawn_like(adv, generator).normal_(generator=generator)
+                    noise = noise.uniform_(-bound, bound, generator=generator).to(adv.device)
+                    total += point(adv.detach() + noise)
                 v[:] = [total / self.variance_samples - g]
             return out
 

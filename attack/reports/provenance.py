@@ -32,12 +32,15 @@ class Provenance:
     split_fingerprint: str
     code_commit: str = "unknown"  # git commit of the code; "unknown" outside a checkout
     threads: int = 0  # torch.get_num_threads() when measured (0: not recorded)
+    # every device the measurement was sharded over (attack.devices), in shard order
+    devices: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         return {
             "code_commit": self.code_commit,
             "threads": self.threads,
             "device": self.device,
+            "devices": list(self.devices),
             "dtype": self.dtype,
             "crafting_dtype": self.crafting_dtype,
             "batch_size": self.batch_size,
@@ -110,4 +113,5 @@ def provenance(s: Settings, split: str) -> Provenance:
         split_fingerprint=split,
         code_commit=code_commit(),
         threads=torch.get_num_threads(),
+        devices=tuple(str(d) for d in s.shards),
     )

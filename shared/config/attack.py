@@ -4,6 +4,7 @@ models, eps sweeps). Part of the one experiment YAML (`attack:`), parsed with it
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,6 +35,38 @@ class Eps(float):
 
 
 STUDY_EPS = Eps(0.02)  # 2% of the pixel range (Hirano & Takemoto's UAP budget)
+DEVICE = re.compile(r"cpu|cuda:\d+")
+AUTO = "auto"
+DEVICE_FORMS = "'auto' or a list of 'cpu' / 'cuda:N', e.g. [cuda:0, cuda:1]"
+
+
+class Devices(tuple[str, ...]):
+    """Where the attack computes (`attack.devices`): "auto", every visible GPU (the CPU on a
+    host without one), or a list of "cpu" / "cuda:N" (one name alone stands for a list of
+    one). The models and sources are dealt to them round-robin; an entry listed twice is
+    two shards on one device."""
+
+    @classmethod
+    def parse_config_value(cls, value: Any) -> Devices:
+        """The devices `value` stands for; ValueError (naming the accepted forms) otherwise."""
+        items = [value] if isinstance(value, str) else value
+        if items == [AUTO]:
+            return cls((AUTO,))
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ValueError(DEVICE_FORMS)
+        for item in items:
+            if item == AUTO:
+                raise ValueError(f"{DEVICE_FORMS}; 'auto' stands alone, not in a list")
+            if not isinstance(item, str) or not DEVICE.fullmatch(item):
+                raise ValueError(f"{DEVICE_FORMS}; {item!r} is neither")
+        return cls(items)
+
+    @property
+    def auto(self) -> bool:
+        return tuple(self) == (AUTO,)
+
+
+AUTO_DEVICES = Devices((AUTO,))
 
 
 def eps_text(eps: float) -> str:
@@ -174,6 +207,9 @@ class AttackConfig:
     # bfloat16 (CUDA only) is an explicit option that results.json records.
     precision: Literal["float32", "bfloat16"] = "float32"
     control: bool = True  # random-sign noise at the same eps, beside every cell
+    # the devices the sources and targets are sharded over (attack.measure.shards), with
+    # the same counts as on one device; "auto": every visible GPU, else the CPU
+    devices: Devices = AUTO_DEVICES
     # the largest model file the attack pulls from a store (the size its manifest records):
     # a store cannot make the attack host download or hold more
     max_file_mib: int = 512
