@@ -1,12 +1,13 @@
 """Transfer across architecture families: CNN -> transformer, transformer -> CNN and the
 within-family pairs, as means over cells with a two-way cluster bootstrap interval (the
 cell-level view's unit), for a measurement whose models include a vision transformer.
-Ensemble and surrogate sources count by their recorded architecture; "ensemble" is left out."""
+Ensemble and surrogate sources count by their recorded architecture; "ensemble" is left out,
+and so are the pooled baseline's cells (attack.reports.tables.federated)."""
 
 from __future__ import annotations
 
 from attack.measure.core import Measurement
-from attack.reports.tables import Group, Info, Pick, cell_group, cells_where
+from attack.reports.tables import Group, Info, Pick, cell_group, cells_where, federated
 from shared.config.training import arch_family
 
 FAMILIES = ("CNN", "transformer")
@@ -19,8 +20,10 @@ def family_pairs(m: Measurement, info: dict[str, Info], seed: int) -> dict[tuple
         arch = info[name].arch
         return None if arch == "ensemble" else arch_family(arch)
 
+    fed = federated(info)
+
     def pair(src: str, dst: str) -> Pick:
-        return lambda c: family(c.source) == src and family(c.target) == dst
+        return lambda c: family(c.source) == src and family(c.target) == dst and fed(c)
 
     return {(s, t): cell_group(cells_where(m, pair(s, t)), seed) for s in FAMILIES for t in FAMILIES}
 

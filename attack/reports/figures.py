@@ -114,7 +114,7 @@ class PairedFigure:
 class GlobalVsLocal:
     """Transfer onto global and onto local targets, and the paired test between them."""
 
-    as_target: dict[str, GroupFigure]  # "global", "local"
+    as_target: dict[str, GroupFigure]  # "global", "local" (and "pooled" with pooled models)
     paired_test: PairedFigure  # over sources
     model_level: PairedFigure | None = None  # over architectures (None: not recorded)
 

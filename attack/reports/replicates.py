@@ -42,11 +42,17 @@ def figures(v: VariantSummary, arch: str, study: StudyConfig) -> dict[str, float
         f"robust accuracy ({study.robust_attack}), global": _value(r.robust_accuracy_global),
         f"robust accuracy ({study.robust_attack}), locals": _value(r.robust_accuracy_locals),
     }
-    for key, t in r.transfer.items():
-        if t.as_source is not None and t.as_target is not None:
-            out[f"{key}: transfer as source"] = _value(t.as_source.mean)
-            out[f"{key}: transfer as target"] = _value(t.as_target.mean)
-        out[f"{key}: transfer onto the architecture"] = _value(t.onto_architecture.mean)
+    if r.clean_auc_pooled is not None:  # the pooled baseline's own figures
+        out["clean AUC, pooled baseline"] = _value(r.clean_auc_pooled)
+        out[f"robust accuracy ({study.robust_attack}), pooled baseline"] = _value(r.robust_accuracy_pooled)
+    for label, transfer in (("", r.transfer), ("pooled baseline ", r.transfer_pooled)):
+        for key, t in transfer.items():
+            if t.as_source is not None and t.as_target is not None:
+                out[f"{key}: {label}transfer as source"] = _value(t.as_source.mean)
+                out[f"{key}: {label}transfer as target"] = _value(t.as_target.mean)
+            out[f"{key}: {label}transfer onto the {'model' if label else 'architecture'}"] = _value(
+                t.onto_architecture.mean
+            )
     return out
 
 

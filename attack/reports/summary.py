@@ -6,7 +6,7 @@ JSON form."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from attack.reports.figures import Estimate, GlobalVsLocal, GroupFigure
@@ -56,7 +56,8 @@ class Transfer:
 
 @dataclass(frozen=True)
 class ArchSummary:
-    """One architecture of a variant: global model and locals apart."""
+    """One architecture of a variant: global model and locals apart, and its pooled
+    baseline's own figures when the store holds one (federation.pooled_baseline)."""
 
     clean_auc_global: Estimate | None  # None: no global model of this architecture
     clean_auc_locals: LocalAucs
@@ -64,8 +65,22 @@ class ArchSummary:
     robust_counts_global: Counts
     robust_accuracy_locals: Estimate
     transfer: Mapping[str, Transfer]  # "attack/threat" -> its figures
+    clean_auc_pooled: Estimate | None = None  # None: no pooled model of this architecture
+    robust_accuracy_pooled: Estimate | None = None
+    transfer_pooled: Mapping[str, Transfer] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
+        pooled: dict[str, object] = {}
+        if self.clean_auc_pooled is not None or self.transfer_pooled:
+            pooled = {
+                "clean_auc_pooled": None
+                if self.clean_auc_pooled is None
+                else self.clean_auc_pooled.to_json(),
+                "robust_accuracy_pooled": (
+                    None if self.robust_accuracy_pooled is None else self.robust_accuracy_pooled.to_json()
+                ),
+                "transfer_pooled": {k: t.to_json() for k, t in self.transfer_pooled.items()},
+            }
         return {
             "clean_auc_global": None if self.clean_auc_global is None else self.clean_auc_global.to_json(),
             "clean_auc_locals": self.clean_auc_locals.to_json(),
@@ -73,6 +88,7 @@ class ArchSummary:
             "robust_counts_global": self.robust_counts_global.to_json(),
             "robust_accuracy_locals": self.robust_accuracy_locals.to_json(),
             "transfer": {k: t.to_json() for k, t in self.transfer.items()},
+            **pooled,
         }
 
 

@@ -3,7 +3,8 @@ results (results.json of the study's FGSM run for clean performance, the suite's
 results.json per (attack, threat) for the rest), so the figures are those of the same
 attack code on the same held-out test images, with the same statistics (attack.reports.tables).
 
-Per variant and architecture, global model and locals apart:
+Per variant and architecture, global model and locals apart (and the pooled baseline,
+when the store holds one, in its own columns and rows):
 - clean test AUC (DeLong 95% interval; locals: mean and range);
 - white-box robust accuracy under `robust_attack` (member threat): the share of the
   attacked images (pneumonia, correct before) the model still gets right after its own
@@ -35,7 +36,16 @@ from attack.reports.summary import (
     VariantSummary,
     study_json,
 )
-from attack.reports.tables import Group, Info, by_target_group, global_vs_local, model_level, study_table
+from attack.reports.tables import (
+    POOLED,
+    Group,
+    Info,
+    by_target_group,
+    global_vs_local,
+    model_level,
+    pooled_row,
+    study_table,
+)
 from attack.reports.tidy import Records, write_tidy
 from attack.stats import Interval, wilson
 from shared.config.study import StudyConfig
@@ -78,11 +88,12 @@ def _measured(
     )
 
 
-def _transfer(x: _Measured, arch: str) -> Transfer:
-    onto = GroupFigure.of(x.targets[arch])
+def _transfer(x: _Measured, row: str) -> Transfer:
+    """The figures of an architecture's row (or its pooled model's, pooled_row)."""
+    onto = GroupFigure.of(x.targets[row])
     if x.table is None:
         return Transfer(onto)
-    t = x.table[arch]
+    t = x.table[row]
     return Transfer(onto, GroupFigure.of(t["as_source"]), GroupFigure.of(t["as_target"]))
 
 
@@ -95,6 +106,7 @@ def _architecture(
 ) -> ArchSummary:
     glob = [n for n, i in info.items() if i.arch == arch and i.kind == "global"]
     locs = [n for n, i in info.items() if i.arch == arch and i.kind == "local"]
+    pooled = [n for n, i in info.items() if i.arch == arch and i.kind == POOLED]
     white = {c.target: c for c in robust.cells if c.white_box}
     aucs = [a for n in locs if (a := clean[n].auc.value) is not None]
     return ArchSummary(
@@ -109,6 +121,13 @@ def _architecture(
         robust_counts_global=_counts([white[n] for n in glob if n in white]),
         robust_accuracy_locals=Estimate.of(_robust([white[n] for n in locs if n in white])),
         transfer={key: _transfer(x, arch) for key, x in measured.items()},
+        clean_auc_pooled=clean[pooled[0]].auc if pooled else None,
+        robust_accuracy_pooled=Estimate.of(_robust([white[n] for n in pooled if n in white]))
+        if pooled
+        else None,
+        transfer_pooled={key: _transfer(x, pooled_row(arch)) for key, x in measured.items()}
+        if pooled
+        else {},
     )
 
 
@@ -178,6 +197,7 @@ def _span(loc: LocalAucs) -> str:
 def study_md(variants: Variants, study: StudyConfig, eps: float) -> str:
     """The side-by-side report; a variant given as a string failed, with that reason."""
     ok = {k: v for k, v in variants.items() if isinstance(v, VariantSummary)}
+    pooled = any(r.clean_auc_pooled is not None for v in ok.values() for r in v.architectures.values())
     lines = [
         "# Defense study",
         "",
@@ -198,15 +218,23 @@ def study_md(variants: Variants, study: StudyConfig, eps: float) -> str:
         "still classifies correctly after its own white-box attack (locals: pooled over four).",
         "",
         "| variant | architecture | clean AUC global | clean AUC locals (mean, range) "
-        "| robust acc. global | robust acc. locals |",
-        "|---|---|---|---|---|---|",
+        "| robust acc. global | robust acc. locals |"
+        + (" clean AUC pooled | robust acc. pooled |" if pooled else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if pooled else ""),
     ]
     for name, v in ok.items():
         for arch, r in v.architectures.items():
             lines.append(
                 f"| {name} | {arch} | {_auc(r.clean_auc_global)} | {_span(r.clean_auc_locals)} "
                 f"| {_pct(r.robust_accuracy_global)} | {_pct(r.robust_accuracy_locals)} |"
+                + (f" {_auc(r.clean_auc_pooled)} | {_pct(r.robust_accuracy_pooled)} |" if pooled else "")
             )
+    if pooled:
+        lines += [
+            "",
+            "Pooled: the baseline trained centrally on every site's training data "
+            "(`federation.pooled_baseline`); its transfer rows are marked (pooled) below.",
+        ]
     lines += defense_effects_md(ok, study.robust_attack)
     lines += ["", "## Transferability", ""]
     for key in [f"{a}/{t}" for a in study.attacks for t in study.threats]:
@@ -225,9 +253,11 @@ def _transfer_md(ok: dict[str, VariantSummary], key: str) -> list[str]:
         lines += ["| variant | architecture | onto the architecture |", "|---|---|---|"]
     for name, v in ok.items():
         for arch, r in v.architectures.items():
-            t = r.transfer[key]
-            cols = [t.as_source, t.as_target] if member else [t.onto_architecture]
-            lines.append(f"| {name} | {arch} | " + " | ".join(_group(c) for c in cols) + " |")
+            for row, t in ((arch, r.transfer[key]), (pooled_row(arch), r.transfer_pooled.get(key))):
+                if t is None:
+                    continue
+                cols = [t.as_source, t.as_target] if member else [t.onto_architecture]
+                lines.append(f"| {name} | {row} | " + " | ".join(_group(c) for c in cols) + " |")
     lines.append("")
     for name, v in ok.items():
         g = v.global_vs_local[key]

@@ -21,7 +21,9 @@ from safetensors.torch import save as st_save
 from shared.errors import CheckpointError
 from shared.ml.models import InputSpec
 
-KINDS = ("global", "local")  # the models of the manifest; "round" files are per-round globals
+# the models of the manifest ("pooled": the centrally trained baseline, shared.pooled);
+# "round" files are per-round globals
+KINDS = ("global", "local", "pooled")
 
 
 @dataclass(frozen=True)
@@ -166,7 +168,8 @@ METADATA_KEY = "fedattack"
 def describe(
     *, name: str, arch: str, kind: str, site: str | None, round: int, spec: InputSpec
 ) -> dict[str, Any]:
-    """What a file says about itself (its metadata; `kind` is "global", "local" or "round")."""
+    """What a file says about itself (its metadata; `kind` is "global", "local", "pooled" or
+    "round")."""
     return {"name": name, "arch": arch, "kind": kind, "site": site, "round": round, "input": spec.to_json()}
 
 

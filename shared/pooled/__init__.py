@@ -1,0 +1,1 @@
+"""The pooled baseline: per architecture, one model trained centrally on every site's data."""
