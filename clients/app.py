@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -10,8 +11,9 @@ from flwr.clientapp import ClientApp
 from clients.site import Instructions, check_pin, train_site
 from shared.config.node import NodeConfig
 from shared.config.run import RunSettings
+from shared.errors import FederationError
 from shared.ml.calibration import MARGINS
-from shared.ml.wire import arrays_in, config_in, config_value, to_record
+from shared.ml.wire import FLAT_KEY, arrays_in, config_in, config_value, to_record
 
 # Flower starts a process per message: what the imports above made (torch, timm: ~400,000
 # objects) lives until it exits. Frozen, the collector skips them, above all in its passes
@@ -26,8 +28,16 @@ KEPT_BN = "fedbn-batchnorm"  # context.state: FedBN, this site's own BatchNorm f
 def train(msg: Message, context: Context) -> Message:
     node = NodeConfig.from_flower(dict(context.node_config))
     run = RunSettings.from_run_config(dict(context.run_config))
+    if run.site_archs:  # feddf: this site trains its own architecture, and only that one
+        run = run.for_site(node.site)
     check_pin(node, run)
     config = config_in(msg.content, "config")
+    sent = config_value(config, "arch", str, run.arch)
+    if sent != run.arch:
+        raise FederationError(
+            f"site {node.site} trains {run.arch} but the server sent a {sent[:60]} model; refused"
+        )
+    received = arrays_in(msg.content)
     personal_bn = config_value(config, "personal-bn", bool, False)
     kept = context.state.get(KEPT_BN) if personal_bn else None
     ask = Instructions(
@@ -37,14 +47,17 @@ def train(msg: Message, context: Context) -> Message:
         personal_bn=personal_bn,
         kept_bn=kept if isinstance(kept, ArrayRecord) else None,
     )
-    result = train_site(node, run, arrays_in(msg.content), ask)
+    result = train_site(node, run, received, ask)
     if result.personal_bn is not None:  # stays on this node, in Flower's per-run state
         context.state[KEPT_BN] = to_record(result.personal_bn)
     content = RecordDict(
         {
             "arrays": to_record(result.state),
             "metrics": MetricRecord(dict(result.metrics)),
-            "meta": ConfigRecord({"site": node.site}),
+            # what this site received, as it saw it (feddf records it beside what was sent)
+            "meta": ConfigRecord(
+                {"site": node.site, "received-arch": sent, "received-weights": received_size(received)}
+            ),
         }
     )
     if ask.finetune and result.received_bn is not None:  # the server pools them into the global
@@ -52,3 +65,17 @@ def train(msg: Message, context: Context) -> Message:
     if result.received_margins is not None:  # the server cuts the global's threshold on them
         content[MARGINS] = ArrayRecord({"counts": Array(result.received_margins)})
     return Message(content=content, reply_to=msg)
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Which site this node is (feddf's server asks once per node, to send each site its
+    own architecture's model)."""
+    node = NodeConfig.from_flower(dict(context.node_config))
+    return Message(content=RecordDict({"meta": ConfigRecord({"site": node.site})}), reply_to=msg)
+
+
+def received_size(record: ArrayRecord) -> int:
+    """How many weights the packed record holds (0 when it holds no packed vector)."""
+    arr = record.get(FLAT_KEY)
+    return math.prod(arr.shape) if isinstance(arr, Array) else 0

@@ -65,6 +65,11 @@ def format_event(r: dict[str, Any]) -> str:
             f"[{a}] round {r['round']} done ({built}): "
             f"global val loss {_f(r.get('val-loss'))}, AUC {_f(r.get('val-auc'))}"
         )
+    if e == "distill":  # feddf (server.feddf)
+        return (
+            f"[{a}] round {r['round']}: distilled on {r['images']} public images towards "
+            f"{r['teachers']} site models, loss {_f(r.get('loss-before'))} -> {_f(r.get('loss-after'))}"
+        )
     if e == "site-error":
         return f"[{a}] {r['stage']} round {r['round']}: ERROR {r['reason']}"
     if e == "site-rejected":  # server.validation: the reply was not aggregated nor stored
@@ -119,6 +124,8 @@ def run_all(
     (a remote store), the SuperLink's run status decides."""
     study = uuid.uuid4().hex[:16]  # one id for every run of this submission: one store reset
     archs = list(cfg.federation.architectures)
+    if cfg.federation.strategy == "feddf":  # one run trains every architecture (server.feddf)
+        archs = archs[:1]
     batches = [archs] if cfg.federation.concurrent_runs else [[a] for a in archs]
     for batch in batches:
         runs = {}
