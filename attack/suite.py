@@ -21,6 +21,7 @@ from attack.measure.core import (
     on_device,
 )
 from attack.measure.outsider import train_outsiders
+from attack.measure.shards import attack_devices
 from attack.measure.threats import check_threat_names, insider_sources, member_sources, outsider_sources
 from attack.measure.transfer import measure
 from attack.methods.registry import build_attack, check_attack_names, parse_attack_name
@@ -46,8 +47,9 @@ _NO_PUBLIC = (
 def check_suite(cfg: ExperimentConfig, req: SuiteRequest) -> None:
     """Every suite setting that needs no data, before any folder is made or compute spent:
     the attack and threat names, something to measure, the outsider's public split in the
-    config."""
+    config, the devices (attack.devices)."""
     check_attack_names(req.attacks + req.sweep_attacks)
+    attack_devices(cfg.attack)
     check_threat_names(req.threats)
     if not req.threats:
         raise AttackError("the suite has no threat model (attack.suite.threats, --threat): name at least one")
@@ -165,7 +167,7 @@ def run_suite(
             eps,
             m,
             groups=by_target_group(m, info, cfg.seed),
-            over_control=over_control(m, cfg.seed),
+            over_control=over_control(m, cfg.seed, info),
             folder=folder.relative_to(out).as_posix(),
         )
         _write(folder, row, meta, info, cfg.seed)

@@ -16,7 +16,8 @@ from shared.config.experiment import ExperimentConfig
 from shared.config.node import NodeConfig
 from shared.data.fingerprint import split_fingerprint
 from shared.data.manifest import site_manifest_path
-from shared.errors import ConfigError, FederationError
+from shared.devices import present_gpus, require_present, visible_gpus
+from shared.errors import FederationError
 from shared.events import EventLog
 from shared.prep.splits import make_splits
 from shared.store.folder import CheckpointStore
@@ -97,27 +98,17 @@ class LocalDeployment:
                 )
 
 
-def visible_gpus() -> int:
-    """The CUDA devices this process sees (CUDA_VISIBLE_DEVICES applies)."""
-    import torch  # only here: the launcher itself needs no torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
 def place_sites(sites: tuple[str, ...], pinned: dict[str, str], gpus: int) -> dict[str, str]:
     """Each site's device: its `federation.site_devices` entry, else the visible GPUs
     round-robin in site order (one site per GPU when there are enough), else the CPU.
     A pinned GPU that is not there is a ConfigError naming the key, before any training."""
-    present = [f"cuda:{i}" for i in range(gpus)]
+    present = present_gpus(gpus)
     placed = {}
     for i, site in enumerate(sites):
         device = pinned.get(site) or (present[i % gpus] if gpus else "cpu")
-        if device != "cpu" and device not in present:
-            here = f"the GPUs present are {', '.join(present)}" if present else "this host has no visible GPU"
-            raise ConfigError(
-                f"federation.site_devices.{site}: {device} is not on this host ({here}); "
-                "pin the site to one of them or to 'cpu'"
-            )
+        require_present(
+            f"federation.site_devices.{site}", device, gpus, "pin the site to one of them or to 'cpu'"
+        )
         placed[site] = device
     return placed
 
@@ -148,7 +139,8 @@ def federate(
     on_start: Callable[[LocalDeployment], None] | None = None,
     nodes: list[NodeConfig] | None = None,
 ) -> Path:
-    """Split the data, start the deployment, run every architecture; return the store path.
+    """Split the data, start the deployment, run every architecture, then (with
+    federation.pooled_baseline) train the pooled baseline; return the store path.
 
     `nodes` replaces the default one-SuperNode-per-site list (custom node configs);
     `on_start` is called with the running deployment (tests use it to kill a site)."""
@@ -180,5 +172,9 @@ def federate(
             split=split_fingerprint(cfg.splits_dir),
         )
     record_placement(store, nodes)  # after the runs: a fresh study's first run resets the log
+    if cfg.federation.pooled_baseline:  # the store is complete only once these are in it
+        from shared.pooled.baseline import train_pooled  # timm and the training loop: only here
+
+        train_pooled(cfg, store, resume)
     store.check_complete()
     return store.root

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -97,7 +99,9 @@ class Federation:
             self.events.write("run-failed", arch=run.arch, reason=f"{type(e).__name__}: {e}")
             raise
         fed = run.federation
-        complete = self.store.mark_complete(list(fed.architectures), list(run.sites), fed.min_sites)
+        complete = self.store.mark_complete(
+            list(fed.architectures), list(run.sites), fed.min_sites, pooled=fed.pooled_baseline
+        )
         self.events.write("run-done", arch=run.arch, store_complete=complete)
         plot_metrics(self.store.events_path, self.store.plot_path)
 
@@ -144,22 +148,40 @@ class Federation:
     def finetune(self, state: dict[str, torch.Tensor]) -> None:
         """Each site validates the final global model, then fine-tunes it on its own shard;
         the replies become the local checkpoints."""
-        run, rnd = self.run, self.run.federation.rounds + 1
+        run = self.run
         nodes = wait_for_nodes(self.grid, run.federation.min_sites, run.federation.round_timeout_s)
-        arrays = to_record(state)
-        fedbn = run.federation.strategy == "fedbn"
-        config = ConfigRecord(
-            {"phase": "finetune", "server-round": rnd, "round-offset": 0, "personal-bn": fedbn},
+        log.info("%s: fine-tuning at %d sites", run.arch, len(nodes))
+        replies = self.grid.send_and_receive(
+            self.finetune_messages(state, nodes), timeout=run.federation.round_timeout_s
         )
-        messages = [
+        self.keep_finetuned(state, replies)
+
+    def finetune_messages(self, state: dict[str, torch.Tensor], nodes: list[int]) -> list[Message]:
+        """The fine-tune step's message to each of `nodes`: the final global, and which
+        architecture it is (a feddf site refuses another's)."""
+        run, arrays = self.run, to_record(state)
+        config = ConfigRecord(
+            {
+                "phase": "finetune",
+                "server-round": run.federation.rounds + 1,
+                "round-offset": 0,
+                "personal-bn": run.federation.strategy == "fedbn",
+                "arch": run.arch,
+            },
+        )
+        return [
             Message(
                 content=RecordDict({"arrays": arrays, "config": config}), message_type="train", dst_node_id=n
             )
             for n in nodes
         ]
-        log.info("%s: fine-tuning at %d sites", run.arch, len(nodes))
-        replies = self.grid.send_and_receive(messages, timeout=run.federation.round_timeout_s)
-        good = check_replies(replies, run, "finetune", self.events, rnd, self.screen, flat_of(arrays))
+
+    def keep_finetuned(self, state: dict[str, torch.Tensor], replies: Iterable[Message]) -> None:
+        """The fine-tune step's replies to the global `state`: screened, the global stored
+        with the statistics and threshold they give it, each accepted one as a local."""
+        run, rnd = self.run, self.run.federation.rounds + 1
+        sent = flat_of(to_record(state))
+        good = check_replies(replies, run, "finetune", self.events, rnd, self.screen, sent)
         log_site_replies(self.events, run, good, rnd, "site-finetune")
         last = self.store.last_round(run.arch)
         evaluation = global_evaluation(good)
@@ -215,13 +237,20 @@ class Federation:
         return {**state, **pool(stats, weights)}
 
 
-def run_federation(grid: Grid, run: RunSettings) -> None:
+class Runs(Protocol):
+    def run_all(self) -> None: ...
+
+
+def run_federation(
+    grid: Grid, run: RunSettings, make: Callable[[Grid, RunSettings], Runs] = Federation
+) -> None:
     """The ServerApp's whole job for one architecture. An error in the set-up (a store
     folder it cannot write, a model it cannot build) is recorded as a run-failed event
     where the store can take one, and goes to the run's log (`flwr log`) either way, where
-    the submitting CLI reads it when the store has nothing."""
+    the submitting CLI reads it when the store has nothing. `make`: the run's federation
+    (server.feddf's for feddf)."""
     try:
-        federation = Federation(grid, run)
+        federation = make(grid, run)
     except Exception as e:
         reason = f"{type(e).__name__}: {e}"
         log.error("%s: the ServerApp could not start: %s", run.arch, reason)

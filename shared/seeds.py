@@ -6,6 +6,12 @@
 - `outsider-torch`, torch's global generator while the outsider trains a surrogate
   (initial weights, dropout): base + 991;
 - `outsider-shuffle`, the outsider's training loader order: base + 17;
+- `pooled-torch`, torch's global generator while the pooled baseline trains (after its
+  initial weights, drawn as the server draws the federation's: base itself): base + 773;
+- `pooled-shuffle`, the pooled baseline's training loader order: base + 29;
+- `feddf-batches`, the public images each distillation step draws (server.feddf), per
+  round and architecture (its index in federation.architectures as `site`):
+  base + 50000 + round * 100 + index;
 - `attack`, the attack side's draws, named by labels (the control's signs per image, the
   universal attacks' fit share per dataset, each attack's random start and input diversity
   per source model): the first 63 bits of sha256("base:label:...").
@@ -21,7 +27,16 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-Stream = Literal["site-torch", "site-shuffle", "outsider-torch", "outsider-shuffle", "attack"]
+Stream = Literal[
+    "site-torch",
+    "site-shuffle",
+    "outsider-torch",
+    "outsider-shuffle",
+    "pooled-torch",
+    "pooled-shuffle",
+    "feddf-batches",
+    "attack",
+]
 
 
 def derive_seed(
@@ -37,7 +52,7 @@ def derive_seed(
     place a site's streams, `finetune` the fine-tune message's."""
     if (stream == "attack") != bool(labels):
         raise ValueError(f"seed stream {stream}: labels name the attack stream's draws, and only those")
-    if not stream.startswith("site-") and (server_round or site):
+    if not stream.startswith(("site-", "feddf-")) and (server_round or site):
         raise ValueError(f"seed stream {stream}: only a site's streams take a round and a site")
     if finetune and stream != "site-torch":
         raise ValueError(f"seed stream {stream}: only site-torch tells the fine-tune message apart")
@@ -49,5 +64,11 @@ def derive_seed(
         return base + 991
     if stream == "outsider-shuffle":
         return base + 17
+    if stream == "pooled-torch":
+        return base + 773
+    if stream == "pooled-shuffle":
+        return base + 29
+    if stream == "feddf-batches":
+        return base + 50_000 + server_round * 100 + site
     digest = hashlib.sha256(":".join(map(str, (base, *labels))).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1

@@ -76,6 +76,7 @@ LONGEST = (
     "tests/test_attack_e2e.py",
     "compose-kill",
     "federation-resume",
+    "feddf",
     "demo-multi",
     "federation-dropout",
     "defenses-fedbn",

@@ -140,6 +140,24 @@ def test_ensemble_source_and_white_box_cells() -> None:
     assert len(m.attacked["insider-A"]) == 3
 
 
+def test_an_insider_holds_only_the_globals_of_its_own_architectures() -> None:
+    """Under FedDF a site trains one architecture and receives only that architecture's
+    global: its insider ensemble holds that one (under FedAvg, every global)."""
+    net = nn.Linear(1, 2)
+    feddf = [
+        Target("r-global", "r", "global", None, net),
+        Target("m-global", "m", "global", None, net),
+        Target("r-local-A", "r", "local", "A", net),
+        Target("m-local-B", "m", "local", "B", net),
+    ]
+    assert [s.members for s in insider_sources(feddf, "logits")] == [
+        ("r-local-A", "r-global"),
+        ("m-local-B", "m-global"),
+    ]
+    fedavg = [*feddf, Target("m-local-A", "m", "local", "A", net)]
+    assert insider_sources(fedavg, "logits")[0].members == ("r-local-A", "m-local-A", "r-global", "m-global")
+
+
 def test_universal_attack_is_counted_on_held_out_images_only() -> None:
     targets, data = _case([0.50 + 0.01 * i for i in range(12)], {"t": 0.45})
     uap = Universal("uap", 0.1, targeted=False, epochs=2, batch_size=4, step_size=0.05)

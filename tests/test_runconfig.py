@@ -24,8 +24,20 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo.yaml"
 STORE = Path("/tmp/store")
+FEDDF = {
+    "federation.strategy": "feddf",
+    "federation.site_architectures": {
+        "A": "resnet50",
+        "B": "densenet121",
+        "C": "inception_v3",
+        "D": "resnet50",
+    },
+}
 # Settings whose other values their checks accept only with another setting.
 WITH = {
+    "federation.distill_steps": FEDDF,
+    "federation.distill_lr": FEDDF,
+    "federation.distill_temperature": FEDDF,
     "federation.proximal_mu": {"federation.strategy": "fedprox"},
     "federation.trim_beta": {"federation.strategy": "fedtrimmedavg"},
     "federation.malicious_sites": {"federation.strategy": "krum"},

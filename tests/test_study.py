@@ -125,6 +125,9 @@ def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
         {"name": "broken", "overrides": {"federation.round_timeout_s": 0.001}},
     ]
     cfg = _study_config(tmp_path, data, variants)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["federation"]["pooled_baseline"] = True  # each variant's store also holds the pooled model
+    cfg.write_text(yaml.safe_dump(raw))
     first = fedattack("study", "--config", str(cfg), timeout=1500)
     text = first.stdout + first.stderr
     assert first.returncode == 2, text[-3000:]  # one variant failed: a non-zero exit, after the report
@@ -144,6 +147,8 @@ def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
         assert set(row["transfer"]) == {"fgsm/member", "pgd/member"}
         assert "as_source" in row["transfer"]["pgd/member"]
         assert f"| {name} | resnet18 |" in md
+        assert row["clean_auc_pooled"]["value"] is not None  # the pooled baseline, measured
+        assert f"| {name} | resnet18 (pooled) |" in md
         # the figure is the model's own white-box cell of the pgd/member measurement
         suite = out / "variants" / name / "attack" / "suite"
         cells = json.loads((suite / "pgd-member" / "results.json").read_text())["cells"]
@@ -154,7 +159,8 @@ def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
     assert "## What each defense changes for the global models, against baseline" in md
     assert "| fedbn | resnet18 |" in md.split("## What each defense changes")[1]
     manifest = json.loads((out / "variants/fedbn/checkpoints/manifest.json").read_text())
-    assert {m["training"]["strategy"] for m in manifest["models"]} == {"fedbn"}
+    assert {m["training"]["strategy"] for m in manifest["models"] if m["kind"] != "pooled"} == {"fedbn"}
+    assert {m["name"]: m["kind"] for m in manifest["models"]}["resnet18-pooled"] == "pooled"
     # the tidy tables: every cell of both variants that ran, every model's clean figures
     with (out / "transfer.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -192,12 +198,14 @@ def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
     assert again["variants"]["baseline"] == study["variants"]["baseline"]
     assert again["variants"]["fedbn"] == study["variants"]["fedbn"]
 
-    # replicates: seed 7 is the study above (not trained again), seed 8 a new federation
-    # per variant on seed 7's split
+    # replicates: seed 7 is the baseline above (not trained again), seed 8 a new federation
+    # on seed 7's split; the baseline alone (one more federation, not one per variant)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["study"]["variants"] = [{"name": "baseline"}]
+    cfg.write_text(yaml.safe_dump(raw))
     third = fedattack("study", "--config", str(cfg), "--seeds", "7,8", timeout=1500)
-    assert third.returncode == 2 and "Traceback" not in third.stdout + third.stderr, third.stderr[-3000:]
-    assert third.stdout.count("not trained again") == 2
-    assert "broken (seed 7), broken (seed 8) failed" in third.stderr
+    assert third.returncode == 0 and "Traceback" not in third.stdout + third.stderr, third.stderr[-3000:]
+    assert third.stdout.count("not trained again") == 1
     over = json.loads((out / "study.json").read_text())
     assert over["seeds"] == [7, 8]
     auc = over["replicates"]["baseline"]["resnet18"]["clean AUC, global"]
@@ -207,7 +215,7 @@ def test_tiny_study_trains_attacks_compares_and_resumes(tmp_path: Path) -> None:
         p["variants"]["baseline"]["architectures"]["resnet18"]["clean_auc_global"]["value"] for p in per_seed
     ]
     assert auc["values"] == values and auc["mean"] == pytest.approx(sum(values) / 2, abs=1e-6)
-    assert over["pooled_global_vs_local"]["fedbn"]["pgd/member"]["seeds"] == 2
+    assert over["pooled_global_vs_local"]["baseline"]["pgd/member"]["seeds"] == 2
     eight = out / "seeds/8/variants/baseline"
     trained = yaml.safe_load((eight / "checkpoints/config.yaml").read_text())
     assert (trained["seed"], trained["split_seed"]) == (8, 7)

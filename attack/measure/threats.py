@@ -32,10 +32,15 @@ def member_sources(targets: list[Target]) -> list[Source]:
 
 
 def insider_sources(targets: list[Target], mode: EnsembleMode) -> list[Source]:
+    """One ensemble per site: its own locals and the globals it received, those of the
+    architectures it trains (every global under FedAvg; under FedDF, where a site trains
+    one architecture, only that architecture's)."""
     globals_ = [t for t in targets if t.kind == "global"]
     sources = []
     for site in sorted({t.site for t in targets if t.kind == "local" and t.site}):
-        own = [t for t in targets if t.kind == "local" and t.site == site] + globals_
+        locals_ = [t for t in targets if t.kind == "local" and t.site == site]
+        archs = {t.arch for t in locals_}
+        own = locals_ + [g for g in globals_ if g.arch in archs]
         sources.append(
             Source(
                 f"insider-{site}",

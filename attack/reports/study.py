@@ -127,6 +127,16 @@ def report_md(
     lines += [
         "",
         "Published figures are the study's (quoted for comparison); ours come from this run.",
+        *(
+            [
+                "",
+                "Rows `<architecture> (pooled)`: the pooled baseline (one model trained centrally on every "
+                "site's training data, `federation.pooled_baseline`), over its cells with the federation's "
+                "models; the architectures' rows leave the pooled models out, as the study had none.",
+            ]
+            if any(key.endswith("(pooled)") for key in table)
+            else []
+        ),
         "",
         "## 3. Cell-level view (means over cells, not over models)",
         "",
@@ -151,6 +161,11 @@ def report_md(
         "|---|---|",
         f"| global | {groups['global'].text()} |",
         f"| local | {groups['local'].text()} |",
+        *(
+            [f"| pooled (central training, not in the test) | {groups['pooled'].text()} |"]
+            if "pooled" in groups
+            else []
+        ),
         "",
         "Paired over sources (the pairs are the sources, not the source -> target cells): for each "
         "source, the transfer onto each architecture's global model minus the mean onto that "
@@ -197,11 +212,12 @@ def _lists(m: Measurement, meta: RunMeta) -> list[str]:
         lines += ["", "## Skipped models", ""]
         lines += [f"- {md_safe(s.name)}: {md_safe(s.reason)}" for s in meta.skipped]
     p = meta.provenance
+    shards = f" ({', '.join(p.devices)})" if p.devices and list(p.devices) != [p.device] else ""
     lines += [
         "",
         "## Provenance",
         "",
-        f"Device {p.device}, predictions in {p.dtype}, crafting in float32 (TF32 off), batch "
+        f"Device {p.device}{shards}, predictions in {p.dtype}, crafting in float32 (TF32 off), batch "
         f"{p.batch_size}, {p.threads} torch thread(s); torch {p.versions['torch']}, timm "
         f"{p.versions['timm']}, Pillow {p.versions.get('pillow', 'not recorded')}; code commit "
         f"{p.code_commit}; split "

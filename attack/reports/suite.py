@@ -14,7 +14,7 @@ from attack.reports.figures import Estimate
 from attack.reports.power import detectable_difference
 from attack.reports.records import SuiteMeta, SuiteRow
 from attack.reports.study import md_safe
-from attack.reports.tables import Group, control_rate, group, rate, usable
+from attack.reports.tables import Group, cell_group, control_rate, rate, usable
 from attack.stats import Interval, PairedTest, holm, wilson
 from shared.config.attack import eps_text
 from shared.io import atomic_path, atomic_write
@@ -58,9 +58,9 @@ def _versus(test: PairedTest, adjusted: float) -> str:
 
 
 def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: SuiteMeta) -> str:
-    fixed = ("global targets", "local targets", "all targets")
+    fixed = ("global targets", "local targets", "pooled targets", "all targets")
     archs = sorted({k for r in rows.values() for k in r.groups} - set(fixed))
-    cols = [*archs, *fixed]
+    cols = [*archs, *(f for f in fixed if any(f in r.groups for r in rows.values()))]
     lines = [
         "# Attack suite: every attack under every threat model",
         "",
@@ -118,7 +118,7 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: SuiteMeta) -> str:
     for a in req.attacks:
         for t in req.threats:
             cells = rows[a, t, eps].white_box
-            lines.append(f"| {a} | {t} | {_cell(group([[c] for c in cells], meta.seed))} |")
+            lines.append(f"| {a} | {t} | {_cell(cell_group(cells, meta.seed))} |")
     if req.sweep_attacks:
         lines += [
             "",

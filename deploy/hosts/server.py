@@ -46,7 +46,7 @@ from deploy.hosts.checks import (
 from deploy.hosts.fleet_guard import FleetLimits
 from deploy.hosts.fleet_proxy import fleet_proxy_command
 from shared.config.experiment import ExperimentConfig
-from shared.errors import CredentialsError, DeploymentError
+from shared.errors import ConfigError, CredentialsError, DeploymentError
 from shared.store.folder import CheckpointStore
 
 DEFAULT_PORT = 9093  # the Fleet proxy: what the sites dial
@@ -191,6 +191,12 @@ def submit(
     (`@fedattack/fedattack==VERSION`), which the SuperLink fetches, signed, from its hub;
     otherwise this checkout's app goes along unsigned (sites with trusted entities
     refuse it)."""
+    if cfg.federation.pooled_baseline:
+        raise ConfigError(
+            "federation.pooled_baseline: true trains one model on every site's data in one place, which "
+            "a networked deployment never has (the store would never be complete); train it with "
+            "`fedattack federate`, `demo` or `study` on one host, or set it to false"
+        )
     wait_for_superlink(address, ca, wait_s)
     local = CheckpointStore(store)
     progress = ProgressPrinter(local.events_path) if local.root.is_dir() else None

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from shared.config.attack import AttackConfig
+from shared.config.attack import DEVICE, AttackConfig
 from shared.config.data import SITE_NAME, DataConfig
 from shared.config.study import StudyConfig
 from shared.config.training import TrainingConfig, patch_problem
@@ -24,7 +23,10 @@ from shared.errors import ConfigError
 from shared.io import atomic_write
 
 TRIM_BETA = 0.25  # fedtrimmedavg's default cut: one reply off each end of four
-DEVICE = re.compile(r"cpu|cuda:\d+")
+# feddf's distillation defaults: Adam at temperature 1 as Lin et al. (2020), at a tenth of
+# their 1e-3: the student learns with its BatchNorm statistics fixed (shared.ml.distill), and
+# at 1e-3 MobileNetV3's loss rose on the tiny twin in one round of two where 1e-4 lowered it
+DISTILL_STEPS, DISTILL_LR, DISTILL_TEMPERATURE = 100, 1e-4, 1.0
 
 
 def check_arch_names(names: tuple[str, ...], key: str) -> None:
@@ -54,8 +56,12 @@ class FederationConfig:
     # (BatchNorm parameters and statistics stay at each site, everything else is averaged);
     # the robust aggregators, Flower's own: fedmedian (coordinate-wise median),
     # fedtrimmedavg (coordinate-wise mean after cutting trim_beta of the replies off each
-    # end), krum (the one reply closest to its n - malicious_sites - 2 nearest).
-    strategy: Literal["fedavg", "fedprox", "fedbn", "fedmedian", "fedtrimmedavg", "krum"] = "fedavg"
+    # end), krum (the one reply closest to its n - malicious_sites - 2 nearest); feddf
+    # (FedDF, Lin et al., 2020): sites train the architectures site_architectures assigns
+    # them, FedAvg within each architecture, then each architecture's average is distilled
+    # on the unlabeled public split towards the averaged logits of every site's model
+    # (server.feddf); one Flower run for the whole federation.
+    strategy: Literal["fedavg", "fedprox", "fedbn", "fedmedian", "fedtrimmedavg", "krum", "feddf"] = "fedavg"
     proximal_mu: float = 0.0  # fedprox: weight of (mu / 2) * ||w - w_global||^2
     trim_beta: float = TRIM_BETA  # fedtrimmedavg: share of the replies cut off each end
     malicious_sites: int = 0  # krum: f, the sites its score allows to be malicious
@@ -65,6 +71,15 @@ class FederationConfig:
     # `fedattack federate`'s placement: site -> "cpu", "cuda:N"; a site not listed gets the
     # visible GPUs round-robin (A cuda:0, B cuda:1, ...), the CPU on a host without one.
     site_devices: dict[str, str] = field(default_factory=dict)
+    # feddf: site -> the architecture it trains (one of `architectures`; every site listed)
+    site_architectures: dict[str, str] = field(default_factory=dict)
+    distill_steps: int = DISTILL_STEPS  # feddf: Adam steps per architecture and round
+    distill_lr: float = DISTILL_LR  # feddf: the distillation's Adam learning rate
+    distill_temperature: float = DISTILL_TEMPERATURE  # feddf: softmax temperature of the KL loss
+    # The pooled baseline (`fedattack federate`, demo and study only): after the federation,
+    # one model per architecture trained centrally on the union of the sites' train splits
+    # (rounds x local_epochs epochs), stored as <arch>-pooled, kind "pooled" (shared.pooled).
+    pooled_baseline: bool = False
 
     def __post_init__(self) -> None:
         for site, device in self.site_devices.items():
@@ -75,6 +90,7 @@ class FederationConfig:
         if self.strategy != "fedprox" and self.proximal_mu != 0:
             raise ValueError(f"proximal_mu: only fedprox uses it (strategy is {self.strategy})")
         self._check_robust()
+        self._check_feddf()
         if not self.architectures:
             raise ValueError("architectures: give at least one timm model name")
         if len(set(self.architectures)) != len(self.architectures):
@@ -87,6 +103,46 @@ class FederationConfig:
             raise ValueError(
                 f"update_norm_multiple: must be >= 1 (a multiple of the round's median update norm), "
                 f"got {self.update_norm_multiple}"
+            )
+
+    def _check_feddf(self) -> None:
+        """feddf's assignment (sites over two or more of `architectures`) and its settings,
+        used by feddf only; that it names every site (data.sites) is ExperimentConfig's check."""
+        used_by_feddf = {
+            "site_architectures": (self.site_architectures, {}),
+            "distill_steps": (self.distill_steps, DISTILL_STEPS),
+            "distill_lr": (self.distill_lr, DISTILL_LR),
+            "distill_temperature": (self.distill_temperature, DISTILL_TEMPERATURE),
+        }
+        if self.strategy != "feddf":
+            for name, (value, default) in used_by_feddf.items():
+                if value != default:
+                    raise ValueError(f"{name}: only feddf uses it (strategy is {self.strategy})")
+            return
+        if self.distill_steps < 1 or not self.distill_lr > 0 or not self.distill_temperature > 0:
+            raise ValueError(
+                "distill_steps, distill_lr, distill_temperature: must be >= 1, > 0 and > 0, got "
+                f"{self.distill_steps}, {self.distill_lr}, {self.distill_temperature}"
+            )
+        if not self.site_architectures:  # a run's copy: RunSettings.site_archs carries it
+            return
+        for site, arch in self.site_architectures.items():
+            if not SITE_NAME.fullmatch(site) or arch not in self.architectures:
+                raise ValueError(
+                    f"site_architectures: {site[:40]}: {str(arch)[:60]!r} must be one of "
+                    f"federation.architectures {list(self.architectures)}"
+                )
+        used = set(self.site_architectures.values())
+        if len(used) < 2:
+            raise ValueError(
+                f"site_architectures: feddf distils between architectures, but every site trains "
+                f"{', '.join(sorted(used))}; assign at least two (or use strategy fedavg)"
+            )
+        unused = [a for a in self.architectures if a not in used]
+        if unused:
+            raise ValueError(
+                f"architectures: {', '.join(unused)} is trained by no site in site_architectures; "
+                "assign it to a site or remove it"
             )
 
     def _check_robust(self) -> None:
@@ -155,10 +211,31 @@ class ExperimentConfig:
                 raise ValueError(
                     f"data.image_size: {problem} (set training.per_arch.{arch}.net_size to a size it divides)"
                 )
+        self._check_feddf_data()
         if len(self.data.sites) < self.federation.min_sites:
             raise ValueError(
                 f"federation.min_sites: {self.federation.min_sites} exceeds the "
                 f"{len(self.data.sites)} configured sites"
+            )
+
+    def _check_feddf_data(self) -> None:
+        """feddf assigns exactly the configured sites, and distils on the public split."""
+        fed = self.federation
+        if fed.strategy != "feddf":
+            return
+        assigned, sites = set(fed.site_architectures), set(self.data.sites)
+        if assigned != sites:
+            unknown, missing = sorted(assigned - sites), sorted(sites - assigned)
+            what = f"names no configured site: {', '.join(unknown)}" if unknown else ""
+            what += ("; " if what else "") + (f"leaves out {', '.join(missing)}" if missing else "")
+            raise ValueError(
+                f"federation.site_architectures: {what} (data.sites: {', '.join(self.data.sites)}); "
+                "give every site one architecture"
+            )
+        if self.data.split.public_fraction <= 0:
+            raise ValueError(
+                "data.split.public_fraction: feddf distils on the public split (patients no site holds); "
+                "set it above 0, e.g. 0.1"
             )
 
     @property

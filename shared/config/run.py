@@ -13,9 +13,10 @@ each section rebuilt through its own checks.
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,52 @@ class RunSettings:
     net_size: int  # training.per_arch.<arch>.net_size; 0: the architecture's default
     federation: FederationConfig
     training: TrainingConfig
+    # feddf, one run for the whole federation (empty otherwise): each site's architecture
+    # as "site=arch"; each architecture's own settings (JSON: net size, weights file, its
+    # per_arch training exceptions; for_arch); the public split's manifests and the cache
+    # folder the ServerApp reads them through (it distils on their images)
+    site_archs: tuple[str, ...] = ()
+    arch_settings: str = ""
+    public: tuple[str, ...] = ()
+    cache: str = ""
+
+    @property
+    def assignment(self) -> dict[str, str]:
+        """feddf: site -> the architecture it trains (empty for one architecture's run)."""
+        return dict(p.split("=", 1) for p in self.site_archs)
+
+    def for_arch(self, arch: str) -> RunSettings:
+        """feddf: these settings as `arch` trains with them (run_settings_for's for `arch`,
+        the federation's fields kept)."""
+        try:
+            own = json.loads(self.arch_settings)[arch]
+            t = self.training
+            training = replace(
+                t,
+                local_epochs=int(own["local_epochs"]),
+                finetune_epochs=int(own["finetune_epochs"]),
+                optimizer=replace(t.optimizer, lr=float(own["lr"])),
+                finetune_lr=float(own["finetune_lr"]),
+            )
+            return replace(
+                self,
+                arch=arch,
+                net_size=int(own["net_size"]),
+                pretrained=str(own["pretrained"]),
+                training=training,
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise ConfigError(f"{SOURCE}: key 'arch-settings' holds no settings for {arch!r}") from None
+
+    def for_site(self, site: str) -> RunSettings:
+        """feddf: the settings of the architecture `site` trains."""
+        arch = self.assignment.get(site)
+        if arch is None:
+            raise ConfigError(
+                f"{SOURCE}: site {site!r} has no architecture in key 'site-archs' "
+                f"({','.join(self.site_archs)}); add it to federation.site_architectures"
+            )
+        return self.for_arch(arch)
 
     @property
     def training_record(self) -> dict[str, str]:
@@ -70,6 +117,7 @@ class RunSettings:
             "fedprox": f" mu {fed.proximal_mu:g}",
             "fedtrimmedavg": f" beta {fed.trim_beta:g}",
             "krum": f" f {fed.malicious_sites}",
+            "feddf": f" steps {fed.distill_steps} lr {fed.distill_lr:g} T {fed.distill_temperature:g}",
         }.get(fed.strategy, "")
         return {
             "strategy": fed.strategy + parameter,
@@ -107,7 +155,7 @@ def run_settings_for(
     if arch not in cfg.federation.architectures:
         raise ConfigError(f"architecture {arch!r} is not in federation.architectures")
     pretrained = cfg.training.pretrained.get(arch)
-    return RunSettings(
+    run = RunSettings(
         arch=arch,
         sites=cfg.data.sites,
         image_size=cfg.data.image_size,
@@ -123,6 +171,32 @@ def run_settings_for(
         net_size=cfg.training.net_size(arch),
         federation=cfg.federation,
         training=cfg.training.for_arch(arch),
+    )
+    return _with_feddf(cfg, run) if cfg.federation.strategy == "feddf" else run
+
+
+def _with_feddf(cfg: ExperimentConfig, run: RunSettings) -> RunSettings:
+    """The feddf run: `run` plus every site's architecture, every architecture's settings
+    and the public split the ServerApp distils on."""
+    own = {}
+    for arch in cfg.federation.architectures:
+        t, weights = cfg.training.for_arch(arch), cfg.training.pretrained.get(arch)
+        own[arch] = {
+            "net_size": cfg.training.net_size(arch),
+            "pretrained": str(weights) if weights else "",
+            "local_epochs": t.local_epochs,
+            "finetune_epochs": t.finetune_epochs,
+            "lr": t.optimizer.lr,
+            "finetune_lr": t.finetune_rate,
+        }
+    return replace(
+        run,
+        federation=replace(cfg.federation, site_architectures={}),  # carried by site_archs
+        site_archs=tuple(f"{s}={cfg.federation.site_architectures[s]}" for s in cfg.data.sites),
+        arch_settings=json.dumps(own, sort_keys=True, separators=(",", ":")),
+        # shared.data.manifest.public_manifest_path's names (shared.config may not import it)
+        public=tuple(str((cfg.splits_dir / f"public_{d}.json").absolute()) for d in cfg.data.datasets),
+        cache=str(cfg.cache_dir.absolute()),
     )
 
 

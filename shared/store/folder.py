@@ -194,7 +194,7 @@ class CheckpointStore:
         metrics: dict[str, float],
         training: dict[str, str] | None = None,
     ) -> ModelEntry:
-        """Store a final model (global or local) and list it in the manifest; `training`
+        """Store a final model (global, local or pooled) and list it in the manifest; `training`
         says how it was trained (strategy, adversarial training)."""
         with self._locked():
             file = f"{name}.safetensors"
@@ -218,23 +218,35 @@ class CheckpointStore:
             self._write_manifest(m)
             return entry
 
-    def mark_complete(self, architectures: list[str], sites: list[str], min_sites: int | None = None) -> bool:
+    def mark_complete(
+        self,
+        architectures: list[str],
+        sites: list[str],
+        min_sites: int | None = None,
+        pooled: bool = False,
+        site_archs: dict[str, str] | None = None,
+    ) -> bool:
         """Set `complete` when every arch has its global and a local model from at least
-        `min_sites` sites (default: every site), as the federation's own quorum allowed.
-        Missing locals are listed in the manifest (`missing`)."""
+        `min_sites` sites (default: every site), as the federation's own quorum allowed, and,
+        with `pooled` (federation.pooled_baseline), its pooled baseline. Missing models are
+        listed in the manifest (`missing`), what was expected beside them (`expected`)."""
         quorum = len(sites) if min_sites is None else min_sites
         with self._locked():
             m = self.read_manifest()
             have = {(e["arch"], e["kind"], e["site"]) for e in m["models"]}
-            missing = [f"{a}-global" for a in architectures if (a, "global", None) not in have]
-            enough = True
-            for a in architectures:
-                absent = [s for s in sites if (a, "local", s) not in have]
+            central = ("global", "pooled") if pooled else ("global",)  # one per arch, required
+            missing = [f"{a}-{k}" for k in central for a in architectures if (a, k, None) not in have]
+            enough = not missing
+            for a in architectures:  # feddf (`site_archs`): a site's local is of its architecture only
+                group = [s for s in sites if site_archs is None or site_archs.get(s) == a]
+                absent = [s for s in group if (a, "local", s) not in have]
                 missing += [f"{a}-local-{s}" for s in absent]
-                enough &= len(sites) - len(absent) >= quorum
-            m["complete"] = enough and not any(x.endswith("-global") for x in missing)
+                enough &= len(group) - len(absent) >= quorum - (len(sites) - len(group))
+            m["complete"] = enough
             m["missing"] = missing
             m["expected"] = {"architectures": architectures, "sites": sites, "min_sites": quorum}
+            if pooled:
+                m["expected"]["pooled"] = True
             self._write_manifest(m)
             return bool(m["complete"])
 
