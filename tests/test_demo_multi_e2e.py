@@ -1,7 +1,8 @@
 """configs/demo-multi.yaml end to end at tiny size: the twins of CheXpert, MIMIC-CXR-JPG,
 PadChest and VinDr-CXR written in their layouts, one per site, a real Flower federation
 (one architecture, two rounds, fine-tuning), the FGSM transfer attack; the models learn and
-every transfer cell is reported."""
+every transfer cell is reported; then the attack suite (PGD, the sites' insider ensembles)
+on the same store."""
 
 from __future__ import annotations
 
@@ -66,3 +67,21 @@ def test_demo_multi_four_datasets_learn_and_report_transfer(tmp_path: Path) -> N
     assert sum(c["n_correct_before"] for c in cells) > 0
     report = (cfg.attack_dir / "report.md").read_text()
     assert all(f"test_{k}=" in report for k in kinds)  # attacked on every dataset's test set
+
+    # the suite on the same store: an iterative attack, the site insiders' ensembles
+    args = ["--config", str(config), "--out", str(tmp_path / "s"), "--attack", "fgsm,pgd"]
+    suite = subprocess.run(
+        [sys.executable, "-m", "cli.main", "attack", *args, "--threat", "member,insider", "--eps", "4/255"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
+    assert suite.returncode == 0, suite.stdout[-3000:] + suite.stderr[-3000:]
+    md = (tmp_path / "s" / "suite" / "suite.md").read_text()
+    for name in ("fgsm", "pgd"):
+        for threat in ("member", "insider"):
+            assert f"[{name}]({name}-{threat}/results.json) | {threat} |" in md
+    insider = json.loads((tmp_path / "s" / "suite" / "pgd-insider" / "results.json").read_text())
+    assert sorted(insider["sources"]) == [f"insider-{s}" for s in "ABCD"]
+    assert {c["target"] for c in insider["cells"]} == MODELS
