@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import gc
-import math
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+# Flower starts a process per message, and what the imports below make (torch, timm:
+# ~400,000 objects) lives until it exits: the collector's passes over them are wasted.
+# Paused while they import (~0.5 s of each message), then frozen, so that it skips them,
+# above all in its passes at the interpreter's exit (~0.9 s; benchmarks/clientapp_start.py).
+gc.disable()
 
-from clients.site import Instructions, check_pin, train_site
-from shared.config.node import NodeConfig
-from shared.config.run import RunSettings
-from shared.errors import FederationError
-from shared.ml.calibration import MARGINS
-from shared.ml.wire import FLAT_KEY, arrays_in, config_in, config_value, to_record
+import math  # noqa: E402
 
-# Flower starts a process per message: what the imports above made (torch, timm: ~400,000
-# objects) lives until it exits. Frozen, the collector skips them, above all in its passes
-# at the interpreter's exit (~0.9 s of each message; benchmarks/clientapp_start.py).
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict  # noqa: E402
+from flwr.clientapp import ClientApp  # noqa: E402
+
+from clients.site import Instructions, check_pin, train_site  # noqa: E402
+from shared.config.node import NodeConfig  # noqa: E402
+from shared.config.run import RunSettings  # noqa: E402
+from shared.errors import FederationError  # noqa: E402
+from shared.ml.calibration import MARGINS  # noqa: E402
+from shared.ml.wire import FLAT_KEY, arrays_in, config_in, config_value, to_record  # noqa: E402
+
 gc.freeze()
+gc.enable()
 
 app = ClientApp()
 KEPT_BN = "fedbn-batchnorm"  # context.state: FedBN, this site's own BatchNorm for this run

@@ -68,12 +68,11 @@ def pytest_configure(config: pytest.Config) -> None:
 # first: handed out first, so that no long one starts last. A scheduling hint only.
 LONGEST = (
     "tests/test_compose_up.py",
-    "attack-suite",
+    "tests/test_attack_e2e.py",
     "tiny-study",
     "tests/test_robust_federation.py",
     "tests/test_deploy_multihost.py",
     "tests/test_federation_e2e.py",
-    "tests/test_attack_e2e.py",
     "compose-kill",
     "federation-resume",
     "feddf",

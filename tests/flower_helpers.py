@@ -9,9 +9,11 @@ from tests.conftest import write_config
 
 
 def tiny_federation_config(tmp: Path, data: Path, archs: list[str], rounds: int, **extra) -> Path:
-    """80 px, tiny shards, one torch thread per site: seconds of compute per stage."""
+    """80 px, tiny shards, one torch thread per site, one local epoch: seconds of compute
+    per stage (a test that needs models that learn, such as the attack's, asks for more)."""
     overrides = {
         "data.image_size": 80,
+        "training.local_epochs": 1,
         "federation.architectures": archs,
         "federation.rounds": rounds,
         "federation.round_timeout_s": 240,

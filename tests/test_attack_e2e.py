@@ -272,7 +272,6 @@ def suite_run(fed, tmp_path_factory):
     return out / "suite", res
 
 
-@pytest.mark.xdist_group("attack-suite")  # a unit of work of its own (tests/conftest.py)
 def test_suite_report_and_folders(suite_run) -> None:
     suite, res = suite_run
     md = (suite / "suite.md").read_text()
@@ -331,7 +330,6 @@ def transfer_run(fed, tmp_path_factory):
     return out / "suite"
 
 
-@pytest.mark.xdist_group("attack-suite")
 def test_the_transfer_attacks_run_through_the_suite(transfer_run) -> None:
     md = (transfer_run / "suite.md").read_text()
     for name in NEW_ATTACKS:
@@ -344,7 +342,6 @@ def test_the_transfer_attacks_run_through_the_suite(transfer_run) -> None:
         assert f"| outsider | {name} |" in md
 
 
-@pytest.mark.xdist_group("attack-suite")  # a unit of work of its own (tests/conftest.py)
 def test_outsider_crafting_never_uses_the_stores_weights(fed, suite_run, tmp_path: Path) -> None:
     """The same outsider attack against a store of other weights crafts exactly the same
     adversarial images on exactly the same images (only the targets' counts change)."""
@@ -373,7 +370,6 @@ def test_outsider_crafting_never_uses_the_stores_weights(fed, suite_run, tmp_pat
     assert [c["n_correct_before"] for c in ours["cells"]] != [c["n_correct_before"] for c in ref["cells"]]
 
 
-@pytest.mark.xdist_group("attack-suite")  # a unit of work of its own (tests/conftest.py)
 def test_outsider_surrogates_carry_the_statistics_of_their_final_weights(fed, suite_run) -> None:
     """A stored outsider surrogate's BatchNorm statistics are those of its final weights on
     its public training images (re-estimated after training, as the sites' models are),

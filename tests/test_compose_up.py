@@ -27,7 +27,7 @@ SITES = ["site-a", "site-b", "site-c", "site-d"]
 TINY = {
     "data.image_size": 80,
     "data.workers": 0,
-    "federation.architectures": ["resnet50"],
+    "federation.architectures": ["resnet18"],
     "federation.rounds": 1,
     "federation.round_timeout_s": 300,
     "training.batch_size": 8,
@@ -109,9 +109,9 @@ def test_the_study_ends_with_the_report_and_nothing_running(stack) -> None:
     as they came, copied the report out, and left no container running; the report
     command of the docs reads the results volume without starting any service."""
     st, tmp, printed, _ = stack
-    assert "[resnet50] round 1 done (sites A,B,C,D)" in printed, printed[-3000:]
+    assert "[resnet18] round 1 done (sites A,B,C,D)" in printed, printed[-3000:]
     report = (st.report / "report.md").read_text()
-    assert "resnet50" in report
+    assert "resnet18" in report
     results = json.loads((st.report / "results.json").read_text())
     assert len(results["models"]) == 5  # 1 global + 4 locals
     store = _verified_store(st, tmp / "store")
@@ -216,7 +216,7 @@ def test_a_second_study_with_a_site_killed_is_harmless(stack) -> None:
     assert len(before.models()) == 5
     assert sorted(m.site or "" for m in after.models()) == ["", "A", "B", "C"]
     manifest = json.loads((tmp / "store-2" / "manifest.json").read_text())
-    assert manifest["complete"] is True and manifest["missing"] == ["resnet50-local-D"]
+    assert manifest["complete"] is True and manifest["missing"] == ["resnet18-local-D"]
     assert st.running() == [], st.running()
 
 

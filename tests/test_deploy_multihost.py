@@ -96,10 +96,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
         paths["/runs"],
         **{
             "data.image_size": 80,
-            "federation.architectures": ["resnet50"],
+            "federation.architectures": ["resnet18"],
             "federation.rounds": 1,
             "federation.round_timeout_s": 300,
             "training.batch_size": 8,
+            "training.local_epochs": 1,
             "training.threads": 1,
             "synth.patients": 36,
             "synth.size": 96,
@@ -201,7 +202,7 @@ def test_federation_over_tls_with_node_auth_completes(deployment) -> None:
     manifest = json.loads((store / "manifest.json").read_text())
     assert manifest["complete"] is True
     assert len(manifest["models"]) == 5  # 1 global + 4 locals
-    assert "[resnet50] round 1 done (sites A,B,C,D)" in job.stdout
+    assert "[resnet18] round 1 done (sites A,B,C,D)" in job.stdout
     link_log = (deployment["group"].log_dir / "superlink.log").read_text()
     assert "TLS + SuperNode authentication) on 127.0.0.1:9091" in link_log
     assert "the Fleet API for the sites on 0.0.0.0:9093 (nothing else)" in link_log
