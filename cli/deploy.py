@@ -176,6 +176,22 @@ def _deploy_serve_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_compose(args: argparse.Namespace) -> int:
+    from deploy.docker.sites import write_compose
+    from shared.config.experiment import load_config
+
+    if args.gpus < 0:
+        raise FedAttackError(f"--gpus {args.gpus}: give the number of GPUs on the host (0: none)")
+    config = Path(args.config)
+    sites = load_config(config).data.sites
+    out = write_compose(Path(args.template), sites, Path(args.out), config, args.gpus)
+    gpu = f", one GPU each over {args.gpus}" if args.gpus else ""
+    print(
+        f"{out}: {len(sites)} site services ({', '.join(sites)}){gpu}; run: deploy/compose-study.sh -f {out}"
+    )
+    return 0
+
+
 def _deploy_wheelhouse(args: argparse.Namespace) -> int:
     from deploy.docker.wheelhouse import DEFAULT_DIR, check_wheelhouse, make_wheelhouse
 
@@ -353,6 +369,20 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     v.add_argument("--port", type=int, default=8443)
     v.set_defaults(func=_deploy_serve_store)
+
+    m = dsub.add_parser(
+        "compose",
+        help="a compose file for the sites the config names (any number), from docker-compose.yml",
+    )
+    m.add_argument(
+        "--config", required=True, help="experiment YAML with container paths (as configs/compose.yaml)"
+    )
+    m.add_argument("--out", default="docker-compose.sites.yml", help="the compose file to write")
+    m.add_argument("--template", default="docker-compose.yml", help="the four-site file it is made from")
+    m.add_argument(
+        "--gpus", type=int, default=0, help="GPUs on the host: one per site, round-robin (0: none)"
+    )
+    m.set_defaults(func=_deploy_compose)
 
     w = dsub.add_parser(
         "wheelhouse",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The four-site study in containers, from start to report, then nothing left running:
+# The study in containers (four sites, or the sites of a file from `fedattack deploy
+# compose`), from start to report, then nothing left running:
 #   deploy/compose-study.sh [--out DIR] [-f docker-compose.yml -f docker-compose.gpu.yml ...]
 # Each step is the docker-compose.yml service of the same name, started in the order its
 # depends_on gives, the one-shot steps attached (their progress lines appear as they
@@ -70,7 +71,11 @@ step credentials
 step data-init
 service superlink
 step register
-service site-a site-b site-c site-d
+# every site service the compose file holds (four in docker-compose.yml; any number in a
+# file from `fedattack deploy compose`)
+mapfile -t SITES < <(c config --services | grep '^site-' || true)
+[ "${#SITES[@]}" -ge 2 ] || die "the compose file holds ${#SITES[@]} site services (site-...); a federation needs at least 2"
+service "${SITES[@]}"
 step job
 step attack
 # the report replaces an earlier one whole, never half-copied

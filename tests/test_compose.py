@@ -9,6 +9,7 @@ import itertools
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -248,3 +249,93 @@ def test_build_script_names_a_missing_engine_and_base(tmp_path) -> None:
     res = subprocess.run([script, "--base", "nope:1"], env={**os.environ, "DOCKER": str(fake)},
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode != 0 and "base image nope:1" in res.stderr and "base-image.sh" in res.stderr
+
+
+def _sites_compose(tmp_path, datasets: dict[str, list[str]], gpus: int = 0):
+    """configs/compose.yaml with other sites, and the compose file `fedattack deploy
+    compose` writes for it (as a user runs it, from the checkout)."""
+    raw = yaml.safe_load((REPO / "configs" / "compose.yaml").read_text())
+    for name, sites in datasets.items():
+        raw["data"]["datasets"][name]["sites"] = sites
+    raw["data"]["datasets"] = {n: d for n, d in raw["data"]["datasets"].items() if n in datasets}
+    raw["federation"]["min_sites"] = sum(map(len, datasets.values()))
+    cfg, out = tmp_path / "sites.yaml", tmp_path / "docker-compose.sites.yml"
+    cfg.write_text(yaml.safe_dump(raw))
+    argv = ["deploy", "compose", "--config", str(cfg), "--out", str(out), "--gpus", str(gpus)]
+    res = subprocess.run(
+        [sys.executable, "-m", "cli.main", *argv], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"{out}: {raw['federation']['min_sites']} site services" in res.stdout
+    return cfg, out
+
+
+@pytest.mark.integration
+def test_a_compose_file_for_six_sites_on_two_gpus(tmp_path) -> None:
+    """Six sites (NIH at A, B, E; RSNA at C, D, F): one SuperNode service and one volume per
+    site, each with its own name, key and data, pinned round-robin to the two GPUs; the
+    credentials, data and register one-shots and the job list all six; the config is
+    mounted where the services read it; valid for both Composes, every service hardened."""
+    cfg, out = _sites_compose(tmp_path, {"nih": ["A", "B", "E"], "rsna": ["C", "D", "F"]}, gpus=2)
+    assert _config_q(_docker_compose(), [str(out)]).returncode == 0
+    v2 = REPO / ".cache" / "compose-v2" / "docker-compose"
+    if v2.exists():
+        res = _config_q(str(v2), [str(out)])
+        assert res.returncode == 0 and "warn" not in res.stderr.lower(), res.stderr
+    services = _rendered([str(out)], {})
+    sites = ["A", "B", "C", "D", "E", "F"]
+    assert sorted(n for n in services if n.startswith("site-")) == [f"site-{s.lower()}" for s in sites]
+    for i, site in enumerate(sites):
+        svc = services[f"site-{site.lower()}"]
+        cmd = svc["command"]
+        build_parser().parse_args(cmd[1:])
+        assert cmd[cmd.index("--site") + 1] == site and cmd[cmd.index("--data") + 1] == f"/sites/{site}"
+        assert cmd[cmd.index("--key") + 1] == f"/sites/{site}/site-{site}.key"
+        assert _volumes(svc) == {f"site-{site.lower()}"}  # its own volume, nothing else
+        assert _gpus(svc)["device_ids"] == [str(i % 2)]
+        assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
+    creds = services["credentials"]["command"]
+    assert creds[creds.index("--sites") + 1 : creds.index("--sites-dir")] == sites
+    register = services["register"]["command"]
+    assert register[register.index("--public-key") + 1 :] == [f"/operator/site-{s}.key.pub" for s in sites]
+    assert {n for n in services["job"]["depends_on"] if n.startswith("site-")} == {
+        f"site-{s.lower()}" for s in sites
+    }
+    for name in ("credentials", "data-init"):
+        assert {f"site-{s.lower()}" for s in sites} <= _volumes(services[name]), name
+    for name in ("data-init", "job", "attack"):
+        assert str(cfg) in _volumes(services[name]), name
+    assert _gpus(services["attack"])["count"] in ("all", -1)
+    for name, svc in services.items():
+        assert svc["command"][0] == "fedattack", name
+        build_parser().parse_args(svc["command"][1:])
+
+
+@pytest.mark.integration
+def test_the_compose_file_for_the_four_sites_is_docker_compose_yml(tmp_path) -> None:
+    """Generated for configs/compose.yaml's own sites, the file is docker-compose.yml (less
+    the config's mount); for two sites, no trace of the other two is left."""
+    raw = yaml.safe_load((REPO / "configs" / "compose.yaml").read_text())
+    datasets = {n: d["sites"] for n, d in raw["data"]["datasets"].items()}
+    cfg, out = _sites_compose(tmp_path, datasets)
+    made = _merged([str(out)])
+    for name in ("data-init", "job", "attack"):
+        made["services"][name]["volumes"] = [
+            v for v in made["services"][name]["volumes"] if not str(v).startswith(str(cfg))
+        ]
+    assert made == _merged(["docker-compose.yml"])
+    (tmp_path / "two").mkdir()
+    _, two = _sites_compose(tmp_path / "two", {"nih": ["A"], "rsna": ["C"]})
+    text = two.read_text()
+    assert "site-b" not in text and "site-d" not in text and "/sites/B" not in text
+    assert sorted(n for n in _merged([str(two)])["services"] if n.startswith("site-")) == ["site-a", "site-c"]
+
+
+@pytest.mark.unit
+def test_sites_that_differ_only_in_case_are_refused_by_name() -> None:
+    from deploy.docker.sites import compose_for_sites
+    from shared.errors import ConfigError
+
+    template = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    with pytest.raises(ConfigError, match=r"A, a differ only in case.*site-a: rename one"):
+        compose_for_sites(template, ["A", "B", "a"])
