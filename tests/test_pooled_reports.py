@@ -203,3 +203,29 @@ def test_the_suite_report_has_a_pooled_targets_column() -> None:
     pooled = "| resnet18 (pooled) | global targets | local targets | pooled targets | all targets |"
     assert headers[0].endswith(pooled)
     assert headers[1].endswith("| resnet18 | global targets | local targets | all targets |")
+
+
+def test_a_suite_of_the_sweep_alone_reports_only_its_budgets() -> None:
+    """attack.suite.attacks empty, the sweep at 4/255 and 8/255 (a ranking at chosen budgets):
+    suite.md gives the sweep and a ranking per budget, and nothing at the study's eps, which
+    no attack ran at."""
+    prov = provenance(Settings(4, torch.device("cpu"), torch.float32, 0, 0.5), "fingerprint")
+    meta = SuiteMeta(0, 40, prov, Ensemble("scaled", {}))
+    budgets = (4 / 255, 8 / 255)
+    req = SuiteRequest((), ("member",), budgets, ("fgsm", "pgd"), Path("outsiders"))
+    info = {n: i for n, i in INFO.items() if i.kind != "pooled"}
+    rows = {
+        (a, "member", e): SuiteRow("member", e, FED, by_target_group(FED, info, 0), over_control(FED, 0), a)
+        for a in ("fgsm", "pgd")
+        for e in budgets
+    }
+    md = suite_md(rows, req, 0.02, meta)
+    assert md.count("## Ranking at eps") == 2
+    assert "## Ranking at eps 0.0157 (4/255)" in md and "## Ranking at eps 0.0314 (8/255)" in md
+    assert "0.02" not in md  # no section, no header budget at the study's eps
+    assert "## eps sweep (all targets)" in md
+    ranking = md.split("## Ranking at eps 0.0157 (4/255)")[1].split("##")[0]
+    assert sorted(ln.split("|")[2].strip() for ln in ranking.splitlines() if ln.startswith("| member |")) == [
+        "fgsm",
+        "pgd",
+    ]

@@ -61,11 +61,14 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: SuiteMeta) -> str:
     fixed = ("global targets", "local targets", "pooled targets", "all targets")
     archs = sorted({k for r in rows.values() for k in r.groups} - set(fixed))
     cols = [*archs, *(f for f in fixed if any(f in r.groups for r in rows.values()))]
+    # the study's eps when attacks run at it; a run of the sweep alone (attack.suite.attacks
+    # empty: a ranking at chosen budgets) reports those budgets only
+    budgets = sorted({eps, *req.sweep_eps} if req.attacks else set(req.sweep_eps))
     lines = [
         "# Attack suite: every attack under every threat model",
         "",
-        f"eps = {eps_text(eps)} (L-infinity, [0, 1] pixel space) on {meta.n_images} pneumonia images of the "
-        "held-out test sets. Threat models:",
+        f"eps = {', '.join(eps_text(e) for e in budgets)} (L-infinity, [0, 1] pixel space) on "
+        f"{meta.n_images} pneumonia images of the held-out test sets. Threat models:",
         "",
         *[f"- **{t}**: {THREAT_TEXT[t]}" for t in req.threats],
         "",
@@ -76,6 +79,42 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: SuiteMeta) -> str:
         "95% interval over cells], n = cells/images behind them, and the mean random-sign control at "
         "the same eps (ctrl). Cells where the target is one of the surrogates (white-box) and cells "
         "with fewer than 10 images are left out; each folder's results.json lists every cell.",
+    ]
+    if req.attacks:
+        lines += _at_study_eps(rows, req, eps, cols, meta)
+    if req.sweep_attacks:
+        lines += [
+            "",
+            "## eps sweep (all targets)",
+            "",
+            "| attack | threat | " + " | ".join(f"eps {eps_text(e)}" for e in req.sweep_eps) + " |",
+            "|---|---|" + "---|" * len(req.sweep_eps),
+        ]
+        for a in req.sweep_attacks:
+            for t in req.threats:
+                lines.append(
+                    f"| {a} | {t} | "
+                    + " | ".join(_cell(rows[a, t, e].groups["all targets"]) for e in req.sweep_eps)
+                    + " |"
+                )
+        lines += ["", "![transfer against eps](sweep.png)"]
+    for e in budgets:
+        attacks = [
+            a for a in dict.fromkeys([*req.attacks, *req.sweep_attacks]) if (a, req.threats[0], e) in rows
+        ]
+        lines += _ranking(rows, attacks, req.threats, e)
+    empty = [(k, r.empty) for k, r in rows.items() if r.empty]
+    if empty:
+        lines += ["", "## Empty rows", "", "Sources that classified none of the attack images correctly:", ""]
+        lines += [
+            f"- {a} {t} eps {e:g}: {', '.join(md_safe(x) for x in names)}" for (a, t, e), names in empty
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _at_study_eps(rows: Rows, req: SuiteRequest, eps: float, cols: list[str], meta: SuiteMeta) -> list[str]:
+    """The attacks at the study's eps: transfer by target group, against noise, white-box."""
+    lines = [
         "",
         f"## Transfer at eps {eps}",
         "",
@@ -119,35 +158,7 @@ def suite_md(rows: Rows, req: SuiteRequest, eps: float, meta: SuiteMeta) -> str:
         for t in req.threats:
             cells = rows[a, t, eps].white_box
             lines.append(f"| {a} | {t} | {_cell(cell_group(cells, meta.seed))} |")
-    if req.sweep_attacks:
-        lines += [
-            "",
-            "## eps sweep (all targets)",
-            "",
-            "| attack | threat | " + " | ".join(f"eps {eps_text(e)}" for e in req.sweep_eps) + " |",
-            "|---|---|" + "---|" * len(req.sweep_eps),
-        ]
-        for a in req.sweep_attacks:
-            for t in req.threats:
-                lines.append(
-                    f"| {a} | {t} | "
-                    + " | ".join(_cell(rows[a, t, e].groups["all targets"]) for e in req.sweep_eps)
-                    + " |"
-                )
-        lines += ["", "![transfer against eps](sweep.png)"]
-    budgets = sorted({eps, *req.sweep_eps})
-    for e in budgets:
-        attacks = [
-            a for a in dict.fromkeys([*req.attacks, *req.sweep_attacks]) if (a, req.threats[0], e) in rows
-        ]
-        lines += _ranking(rows, attacks, req.threats, e)
-    empty = [(k, r.empty) for k, r in rows.items() if r.empty]
-    if empty:
-        lines += ["", "## Empty rows", "", "Sources that classified none of the attack images correctly:", ""]
-        lines += [
-            f"- {a} {t} eps {e:g}: {', '.join(md_safe(x) for x in names)}" for (a, t, e), names in empty
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _sweep(rows: Rows, req: SuiteRequest) -> dict[str, dict[str, list[tuple[float, Group]]]]:
