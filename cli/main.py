@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from cli.deploy import add_deploy_commands
-from pipeline.study import run_study
 from shared.errors import FedAttackError
 from shared.io import DISK_FULL, disk_full, ensure_writable_dir
 from shared.logs import setup_logging
@@ -127,12 +126,13 @@ def _fresh_dir(path: Path, what: str) -> Iterator[Path]:
 
 
 def _attack(args: argparse.Namespace) -> int:
-    from attack.measure.core import SuiteRequest
-    from attack.service import check_request, run_attack
     from shared.config.experiment import load_config
 
     extra = suite_overrides(args)
-    cfg = load_config(args.config, extra)
+    cfg = load_config(args.config, extra)  # a bad config is refused before torch loads
+    from attack.measure.core import SuiteRequest
+    from attack.service import check_request, run_attack
+
     out = Path(args.out) if args.out else cfg.attack_dir
     ca = Path(args.root_certificates) if args.root_certificates else None
     if bool(args.client_cert) != bool(args.client_key):
@@ -161,10 +161,11 @@ def _attack(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
     from shared.config.experiment import load_config
 
     ensure_writable_dir(Path(args.out) if args.out else load_config(args.config).output_dir, OUTPUT_DIR)
+    from pipeline.demo import run_demo  # after the config's checks: torch loads here
+
     report = run_demo(
         Path(args.config), Path(args.out) if args.out else None, args.patients, args.size, args.seed
     )
@@ -181,6 +182,8 @@ def overrides(args: argparse.Namespace) -> dict:
 
 
 def _study(args: argparse.Namespace) -> int:
+    from pipeline.study import run_study
+
     seeds = tuple(_csv(args.seeds, "--seeds", int)) if args.seeds is not None else ()
     report = run_study(Path(args.config), args.out, seeds)
     print(report.read_text())

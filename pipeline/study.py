@@ -120,10 +120,10 @@ def _attacked_already(cfg: ExperimentConfig, attack: str, threat: str) -> bool:
 
 def run_study(config: Path, out: str | None, seeds: tuple[int, ...] = ()) -> Path:
     """Train, attack and report every variant (of every replicate seed); the report's path."""
+    base, replicates = replicate_configs(config, out, seeds)  # the config's checks, before torch loads
     from attack.measure.core import SuiteRequest
     from attack.suite import check_suite
 
-    base, replicates = replicate_configs(config, out, seeds)
     study = base.study
     assert study is not None
     for s, cfgs in replicates.items():  # every suite setting of every variant, before any training

@@ -25,7 +25,8 @@ from shared.ml.calibration import (
     shift_state,
     youden_cut,
 )
-from shared.ml.models import InputSpec, build_model
+from shared.ml.models import build_model
+from shared.ml.spec import InputSpec
 from shared.store.checkpoint import ModelEntry
 
 pytestmark = pytest.mark.unit

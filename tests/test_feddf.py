@@ -22,7 +22,8 @@ from shared.config.experiment import load_config
 from shared.config.run import RunSettings, run_settings_for
 from shared.errors import ConfigError, FederationError
 from shared.ml.distill import distil, distillation_loss, ensemble_logits, logits_of, loss_over
-from shared.ml.models import InputSpec, build_model
+from shared.ml.models import build_model
+from shared.ml.spec import InputSpec
 from shared.ml.wire import to_record
 from shared.store.folder import CheckpointStore
 from tests.conftest import write_config

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from shared.errors import CheckpointError, ConfigError
-from shared.ml.models import InputSpec, build_model, model_from_state
+from shared.ml.models import build_model, model_from_state
+from shared.ml.spec import InputSpec
 
 pytestmark = pytest.mark.unit
 

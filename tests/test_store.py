@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from shared.errors import CheckpointError
-from shared.ml.models import InputSpec, build_model
+from shared.ml.models import build_model
+from shared.ml.spec import InputSpec
 from shared.store.checkpoint import ModelEntry, encode_state
 from shared.store.folder import CheckpointStore
 

@@ -32,7 +32,7 @@ from shared.errors import CheckpointError, ConfigError, FederationError
 from shared.events import EventLog, read_events
 from shared.ml.batchnorm import statistics
 from shared.ml.calibration import MARGINS
-from shared.ml.models import InputSpec
+from shared.ml.spec import InputSpec
 from shared.ml.wire import FLAT_KEY, pack
 from shared.store.checkpoint import describe, encode_state, sha256_bytes
 from shared.store.folder import CheckpointStore

@@ -4,7 +4,6 @@ adversarial image is valid input for every model."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from torch import nn
 
 from shared.config.training import MIN_INPUT, net_size_problem, patch_problem
 from shared.errors import CheckpointError, ConfigError
+from shared.ml.spec import InputSpec
 from shared.ml.weights import check_weights_file
 
 NUM_CLASSES = 2
@@ -30,36 +30,6 @@ SIZED_MODULES = (
     "cait",
     "vision_transformer_relpos",
 )
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model expects: recorded in every checkpoint's metadata.
-
-    size is the image size the model takes (the experiment's); net_size the size its
-    network sees after the wrapper's bilinear resize (0 in checkpoints written before it
-    was recorded: then the architecture's minimum, MIN_INPUT, or size)."""
-
-    size: int
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    net_size: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> InputSpec:
-        return cls(
-            int(d["size"]),
-            int(d["channels"]),
-            tuple(map(float, d["mean"])),
-            tuple(map(float, d["std"])),
-            int(d.get("net_size", 0)),
-        )
 
 
 class Classifier(nn.Module):

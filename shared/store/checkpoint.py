@@ -12,14 +12,14 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import CheckpointError
-from shared.ml.models import InputSpec
+from shared.ml.spec import InputSpec
+
+if TYPE_CHECKING:  # torch is imported where tensors are made (safetensors.torch): the
+    # store's manifest, entries and hashes are read without it (the CLI, the deploy hosts)
+    import torch
 
 # the models of the manifest ("pooled": the centrally trained baseline, shared.pooled);
 # "round" files are per-round globals
@@ -146,7 +146,7 @@ def nonfinite_problem(state: dict[str, torch.Tensor]) -> str | None:
     bad = {}
     for k, v in state.items():
         if v.dtype.is_floating_point:
-            n = int((~torch.isfinite(v)).sum())
+            n = int((~v.isfinite()).sum())
             if n:
                 bad[k] = f"{k[:80]} ({n:,} of {v.numel():,})"
     if not bad:
@@ -175,6 +175,8 @@ def describe(
 
 def encode_state(state: dict[str, torch.Tensor], info: dict[str, Any]) -> bytes:
     """safetensors bytes of a state dict (contiguous CPU tensors)."""
+    from safetensors.torch import save as st_save
+
     metadata = {METADATA_KEY: json.dumps(info, sort_keys=True)}
     return st_save({k: v.detach().cpu().contiguous() for k, v in state.items()}, metadata)
 
@@ -189,6 +191,8 @@ def _check_hash(data: bytes, sha256: str, where: str) -> None:
 
 
 def _parse(data: bytes, where: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load as st_load
+
     try:
         return st_load(data)
     except Exception as e:  # safetensors raises its own error types

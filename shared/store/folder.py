@@ -13,13 +13,11 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import CheckpointError
 from shared.io import atomic_write
-from shared.ml.models import InputSpec
+from shared.ml.spec import InputSpec
 from shared.store.checkpoint import (
     ModelEntry,
     decode_state,
@@ -29,6 +27,9 @@ from shared.store.checkpoint import (
     nonfinite_problem,
     sha256_bytes,
 )
+
+if TYPE_CHECKING:  # tensors pass through; torch itself is imported where they are made
+    import torch
 
 # The store's layout. Other modules name these files only through this module.
 MANIFEST = "manifest.json"
