@@ -3,12 +3,21 @@ under feddf, the one federation of every architecture)."""
 
 from __future__ import annotations
 
-from flwr.app import Context
-from flwr.serverapp import Grid, ServerApp
+import gc
 
-from server.feddf import HeteroFederation
-from server.federation import Federation, run_federation
-from shared.config.run import RunSettings
+# As in clients/app.py: the collector paused while torch and timm import (their ~400,000
+# objects live as long as the process), then those objects frozen out of its passes.
+gc.disable()
+
+from flwr.app import Context  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+from server.feddf import HeteroFederation  # noqa: E402
+from server.federation import Federation, run_federation  # noqa: E402
+from shared.config.run import RunSettings  # noqa: E402
+
+gc.freeze()
+gc.enable()
 
 app = ServerApp()
 
