@@ -3,9 +3,12 @@ progress lines a person reads."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from deploy.flower.progress import format_event, reason_from_log
+from deploy.flower.progress import ProgressPrinter, Watched, _finished, format_event, reason_from_log
+from shared.events import EventLog
 
 pytestmark = pytest.mark.unit
 
@@ -36,3 +39,21 @@ def test_progress_lines_say_what_happens() -> None:
         {"event": "round", "arch": "resnet50", "round": 1, "sites": ["A", "B"], "val-loss": 0.7}
     )
     assert r1.startswith("[resnet50] round 1 done (sites A,B): global val loss 0.700")
+
+
+def test_runs_that_end_together_keep_each_others_run_done(tmp_path: Path) -> None:
+    """Two runs end seconds apart and the SuperLink reports the first finished: the events
+    read for it include the second run's run-done, which must reach the second run (it once
+    went to the first alone, and the second was failed as ended without an event)."""
+    log = EventLog(tmp_path / "metrics.jsonl")
+    progress = ProgressPrinter(tmp_path / "metrics.jsonl", out=lambda _: None)
+    runs = {"resnet50": Watched("resnet50", 1), "densenet121": Watched("densenet121", 2)}
+    log.write("run-done", arch="resnet50")
+    log.write("run-done", arch="densenet121")
+
+    def no_log() -> str:
+        raise AssertionError("the run's log was asked: its events were lost")
+
+    _finished(runs["resnet50"], runs, "finished:completed", progress, no_log)
+    _finished(runs["densenet121"], runs, "finished:completed", progress, no_log)
+    assert runs["resnet50"].done and runs["densenet121"].done

@@ -171,7 +171,7 @@ def _wait(
         for w in waiting:
             status = statuses.get(w.run_id, "unknown")
             if status.startswith("finished"):
-                _finished(w, status, progress, functools.partial(_why, conn, w.run_id, logs_hint))
+                _finished(w, runs, status, progress, functools.partial(_why, conn, w.run_id, logs_hint))
 
 
 _ERROR_LINE = re.compile(r"\b[A-Za-z_][\w.]*(Error|Exception): \S")
@@ -196,11 +196,21 @@ def _why(conn: Connection, run_id: int, logs_hint: str) -> str:
     return f"its log says: {reason}" if reason else f"see {logs_hint}"
 
 
-def _finished(w: Watched, status: str, progress: ProgressPrinter | None, why: Callable[[], str]) -> None:
+def _finished(
+    w: Watched,
+    runs: dict[str, Watched],
+    status: str,
+    progress: ProgressPrinter | None,
+    why: Callable[[], str],
+) -> None:
     """A run the SuperLink reports finished: done, or a FederationError with the reason
-    (from its events, else from `why`, which asks the run's log)."""
+    (from its events, else from `why`, which asks the run's log). The events read here go
+    to every watched run: another run's run-done read now must not be lost to it (runs that
+    end seconds apart were once failed as "ended ... without an event")."""
     if progress is not None:
-        w.events += [e for e in progress.poll() if e.get("arch") == w.arch]
+        for e in progress.poll():
+            if e.get("arch") in runs:
+                runs[e["arch"]].events.append(e)
         reason = w.failure()
         if reason is not None:
             raise FederationError(f"{w.arch}: {reason}")
