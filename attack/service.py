@@ -187,8 +187,9 @@ def run_attack(
     write_outputs(out, m, info, clean, results, meta, cfg.seed)
     cfg.dump(out / "config.yaml")
     if suite is not None:
-        subset = cfg.attack.suite.max_images_per_dataset
-        if subset is not None and subset != cfg.attack.max_images_per_dataset:
-            probe = Probe(loaded.targets, attack_set(test, subset), s)
-        run_suite(cfg, suite, probe, loaded.targets, info, s, out / "suite", meta.provenance, progress)
+        images = attack_set(test, cfg.attack.suite.max_images_per_dataset)
+        main = m if images.ids == data.ids else None  # the suite measures on the same images
+        if main is None:
+            probe = Probe(loaded.targets, images, s)
+        run_suite(cfg, suite, probe, loaded.targets, info, s, out / "suite", meta.provenance, progress, main)
     return out / "report.md"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from attack.measure.core import (
+    Measurement,
     Probe,
     Settings,
     Source,
@@ -134,8 +135,12 @@ def run_suite(
     out: Path,
     provenance: Provenance,
     progress: bool = True,
+    main: Measurement | None = None,
 ) -> Path:
-    """Measure every (attack, threat) at the study's eps and the sweeps; write the reports."""
+    """Measure every (attack, threat) at the study's eps and the sweeps; write the reports.
+    `main`: the job's own measurement (attack.name at attack.eps from the member sources,
+    on the same probe): the suite's identical measurement reuses it (every draw is seeded
+    by the attack, eps, source and image, so measuring it again gives the same counts)."""
     started = time.monotonic()
     info = dict(info)
     sources = sources_for(cfg, req.threats, targets, req.outsider_dir or out / "outsider", info)
@@ -155,8 +160,12 @@ def run_suite(
             f"[suite {i}/{len(runs)}] {name} eps {eps}, {threat} threat ({len(sources[threat])} sources)",
             flush=True,
         )
-        attack = build_attack(name, eps, cfg.attack)
-        m = measure(sources[threat], attack, probe, s, progress)
+        same = (name, threat, eps) == (cfg.attack.name, "member", cfg.attack.eps)
+        if main is not None and same and main.sources == [src.name for src in sources[threat]]:
+            print("  the job's own measurement above: reused, not measured again", flush=True)
+            m = main
+        else:
+            m = measure(sources[threat], build_attack(name, eps, cfg.attack), probe, s, progress)
         folder = (
             out / f"{name}-{threat}"
             if eps == cfg.attack.eps

@@ -79,8 +79,6 @@ LONGEST = (
     "demo-multi",
     "federation-dropout",
     "defenses-fedbn",
-    "federation-skip-unreadable",
-    "defenses-fedprox",
 )
 
 

@@ -281,6 +281,15 @@ def test_suite_report_and_folders(suite_run) -> None:
             assert {p.name for p in folder.iterdir()} >= {"results.json", "matrix.csv", "heatmap.png"}
             assert f"[{attack_name}]({attack_name}-{threat}/results.json) | {threat} |" in md
     assert (suite / "sweep" / f"fgsm-member-eps{2 / 255:g}" / "results.json").exists()
+    # the suite's fgsm/member at 0.02 is the job's own measurement, reused: the same counts
+    assert res.stdout.count("reused, not measured again") == 1
+
+    def counts(path: Path) -> list[tuple]:
+        cells = json.loads(path.read_text())["cells"]
+        keys = ("source", "target", "n_correct_before", "n_misclassified_after", "n_control_misclassified")
+        return sorted(tuple(c[k] for k in keys) for c in cells)
+
+    assert counts(suite / "fgsm-member" / "results.json") == counts(suite.parent / "results.json")
     assert (suite / "sweep.png").stat().st_size > 10_000 and "eps 0.00784 (2/255)" in md and "ctrl" in md
     insider = json.loads((suite / "pgd-insider" / "results.json").read_text())
     assert sorted(insider["sources"]) == ["insider-A", "insider-B", "insider-C", "insider-D"]

@@ -1,7 +1,8 @@
 """Defenses inside the federation: adversarial training at the sites, FedProx's proximal
 term, FedBN's local BatchNorm. Hand computations for the maths; real Flower federations
 (SuperLink + four SuperNodes on loopback, tiny shards) recomputed offline for the
-aggregation, as the FedAvg exactness test does."""
+aggregation, as the FedAvg exactness test does (FedProx's on Flower is the FedProx variant
+of tests/test_study.py's study)."""
 
 from __future__ import annotations
 
@@ -228,26 +229,3 @@ def test_fedbn_with_adversarial_training_on_flower(tmp_path: Path, data: Path) -
                 key = "net.bn1.weight"
                 assert not torch.equal(r.personal_bn[key], stored[key])
         received = to_record(stored)
-
-
-@pytest.mark.e2e
-@pytest.mark.xdist_group("defenses-fedprox")  # a unit of work of its own (tests/conftest.py)
-def test_fedprox_on_flower_equals_the_sites_proximal_updates(tmp_path: Path, data: Path) -> None:
-    """Flower's FedProx sends proximal-mu; each site's recomputed update with that mu
-    averages to the stored round-1 global; without it, it would not."""
-    cfg, store = _federate(
-        tmp_path, data, 1, **{"federation.strategy": "fedprox", "federation.proximal_mu": 5.0}
-    )
-    run = RunSettings.from_run_config(run_settings_for(cfg, "resnet18", store.root, False).to_run_config())
-    assert {m.training["strategy"] for m in store.models()} == {"fedprox mu 5"}
-    received = to_record(_round(store, 0))
-    stored = _round(store, 1)
-    for mu, should_match in ((5.0, True), (0.0, False)):
-        results = [
-            train_site(node, run, received, Instructions(server_round=1, proximal_mu=mu))
-            for node in node_configs(cfg)
-        ]
-        weights = [r.metrics["num-examples"] for r in results]
-        key = "net.fc.weight"
-        mean = _weighted_mean([r.state for r in results], weights, key)
-        assert torch.allclose(stored[key].double(), mean, rtol=1e-4, atol=1e-6) is should_match, mu

@@ -16,7 +16,7 @@ import torch
 
 from clients.site import Instructions, train_site
 from deploy.local import federate, node_configs
-from shared.config.experiment import load_config
+from shared.config.experiment import ExperimentConfig, load_config
 from shared.config.node import NodeConfig
 from shared.config.run import RunSettings, run_settings_for
 from shared.data.cache import load_cached
@@ -244,16 +244,26 @@ def test_resume_after_the_server_side_dies(tmp_path: Path, data: Path) -> None:
     assert leftovers(str(cfg.output_dir)) == []
 
 
+def _corrupt_one_image_of_site_b(tmp: Path, **overrides) -> tuple[ExperimentConfig, str]:
+    """A config over data of its own in which one of site B's training images is not an
+    image; returns the config and that file's path relative to its dataset."""
+    data = tiny_data(tmp)
+    cfg = load_config(tiny_federation_config(tmp, data, ["resnet18"], **overrides))
+    make_splits(cfg.data, cfg.seed, cfg.splits_dir)
+    victim = load_manifest(site_manifest_path(cfg.splits_dir, "B")).part("train")[0]
+    (data / "nih" / victim.relpath).write_bytes(b"not a png at all")
+    return cfg, victim.relpath
+
+
 @pytest.mark.xdist_group("federation-dropout")  # a unit of work of its own (tests/conftest.py)
-def test_dropout_of_a_site_mid_round(tmp_path: Path, data: Path) -> None:
-    cfg = load_config(
-        tiny_federation_config(
-            tmp_path,
-            data,
-            ["resnet18"],
-            rounds=2,
-            **{"federation.min_sites": 3, "federation.round_timeout_s": 60},
-        )
+def test_dropout_of_a_site_mid_round_and_an_unreadable_image_skipped(tmp_path: Path) -> None:
+    """Site D killed after round 0 with min_sites 3: round 1 is A, B, C, D rejoins; and
+    with data.skip_unreadable on, site B trains without its corrupt image and lists it
+    (tests/test_federation_e2e.py's bad-node-configs test: without it, the run fails)."""
+    cfg, victim = _corrupt_one_image_of_site_b(
+        tmp_path,
+        rounds=2,
+        **{"federation.min_sites": 3, "federation.round_timeout_s": 60, "data.skip_unreadable": True},
     )
     store = CheckpointStore(cfg.store_dir)
     killed = threading.Event()
@@ -274,53 +284,25 @@ def test_dropout_of_a_site_mid_round(tmp_path: Path, data: Path) -> None:
     assert rounds[1]["sites"] == ["A", "B", "C"]
     assert set(rounds[2]["sites"]) >= {"A", "B", "C"}
     assert store.read_manifest()["complete"] is True
+    skipped = (cfg.cache_dir / "site_B" / f"train_{cfg.data.image_size}px" / "unreadable.txt").read_text()
+    assert victim in skipped
     assert leftovers(str(cfg.output_dir)) == []
 
 
 @pytest.mark.xdist_group("federation-bad-node-configs")  # a unit of work of its own (tests/conftest.py)
-def test_bad_node_configs_fail_the_run_with_the_reason(tmp_path: Path, data: Path) -> None:
-    cfg = load_config(
-        tiny_federation_config(tmp_path, data, ["resnet18"], rounds=1, **{"federation.round_timeout_s": 120})
-    )
+def test_bad_node_configs_fail_the_run_with_the_reason(tmp_path: Path) -> None:
+    """Three sites fail, each for its own reason, and the run's error names all three: C
+    pins another image size, D's manifest is not there, B holds a corrupt image (named,
+    with data.skip_unreadable as the way out)."""
+    cfg, victim = _corrupt_one_image_of_site_b(tmp_path, rounds=1, **{"federation.round_timeout_s": 120})
     nodes = node_configs(cfg)
     nodes[2] = NodeConfig("C", nodes[2].manifest, nodes[2].cache_dir, image_size=64)
     nodes[3] = NodeConfig("D", tmp_path / "nowhere" / "site_D.json", nodes[3].cache_dir)
     with pytest.raises(FederationError) as e:
         federate(cfg, nodes=nodes)
     msg = str(e.value)
-    assert "2 of the required 4 sites replied" in msg
+    assert "1 of the required 4 sites replied" in msg, msg
     assert "pins image-size 64" in msg
     assert "site D" in msg and "site_D.json" in msg
-    assert leftovers(str(cfg.output_dir)) == []
-
-
-@pytest.mark.xdist_group("federation-skip-unreadable")  # a unit of work of its own (tests/conftest.py)
-def test_skip_unreadable_reaches_the_sites(tmp_path: Path) -> None:
-    """A site whose shard holds one corrupt image: the run fails naming the file unless
-    data.skip_unreadable is on; then every site trains and the file is listed as skipped."""
-    data = tiny_data(tmp_path)
-    cfg = load_config(
-        tiny_federation_config(tmp_path, data, ["resnet18"], rounds=1, **{"federation.round_timeout_s": 120})
-    )
-    make_splits(cfg.data, cfg.seed, cfg.splits_dir)
-    victim = load_manifest(site_manifest_path(cfg.splits_dir, "B")).part("train")[0]
-    (data / "nih" / victim.relpath).write_bytes(b"not a png at all")
-    with pytest.raises(FederationError) as e:
-        federate(cfg)
-    assert victim.relpath in str(e.value) and "skip_unreadable" in str(e.value)
-    assert leftovers(str(cfg.output_dir)) == []
-
-    cfg = load_config(
-        tiny_federation_config(
-            tmp_path,
-            data,
-            ["resnet18"],
-            rounds=1,
-            **{"federation.round_timeout_s": 120, "data.skip_unreadable": True},
-        )
-    )
-    store = CheckpointStore(federate(cfg))
-    assert store.is_complete()
-    skipped = (cfg.cache_dir / "site_B" / f"train_{cfg.data.image_size}px" / "unreadable.txt").read_text()
-    assert victim.relpath in skipped
+    assert victim in msg and "skip_unreadable" in msg
     assert leftovers(str(cfg.output_dir)) == []
