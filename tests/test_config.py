@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.study import variant_configs
 from shared.config.experiment import ExperimentConfig, load_config
 from shared.errors import ConfigError
 
@@ -17,6 +18,8 @@ def test_every_shipped_config_loads(path: Path) -> None:
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.data.sites == ("A", "B", "C", "D")
     assert cfg.attack.eps == 0.02
+    if cfg.study is not None:  # every variant's config loads too (its overrides applied)
+        assert list(variant_configs(path, None)[1]) == [v.name for v in cfg.study.variants]
 
 
 def test_study_config_has_the_study_settings() -> None:

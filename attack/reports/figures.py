@@ -29,6 +29,17 @@ class Estimate:
         return {"value": self.value, "low": self.low, "high": self.high}
 
 
+def shown(d: Estimate | None, scale: float, fmt: str, unit: str = "") -> str:
+    """A published interval as text: value [low, high], or the value alone when the
+    interval is missing, or n/a."""
+    if d is None or d.value is None:
+        return "n/a"
+    value = f"{scale * d.value:{fmt}}{unit}"
+    if d.low is None or d.high is None:
+        return f"{value} (no interval)"
+    return f"{value} [{scale * d.low:{fmt}}, {scale * d.high:{fmt}}]"
+
+
 @dataclass(frozen=True)
 class CleanFigures:
     """A model's clean test performance (attack.measure.clean.CleanPerformance), published."""

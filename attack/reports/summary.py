@@ -118,6 +118,11 @@ class VariantSummary:
     global_vs_local: Mapping[str, GlobalVsLocal]  # "attack/threat" -> global vs local targets
     models: Mapping[str, ModelSummary]
     eps: float
+    # "attack/threat" -> transfer onto every federation model a source does not hold (the
+    # mean over its transfer cells, two-way cluster bootstrap): attack.reports.diversity
+    reach: Mapping[str, GroupFigure] = field(default_factory=dict)
+    # site -> the architectures it trains (its local models'), in name order
+    site_architectures: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -125,6 +130,8 @@ class VariantSummary:
             "global_vs_local": {k: g.to_json() for k, g in self.global_vs_local.items()},
             "models": {n: m.to_json() for n, m in self.models.items()},
             "eps": self.eps,
+            "reach": {k: g.to_json() for k, g in self.reach.items()},
+            "site_architectures": {s: list(a) for s, a in self.site_architectures.items()},
         }
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from attack.measure.core import Cell, Measurement
 from attack.reports.compare import defense_effects_md, scatter_png
-from attack.reports.figures import CleanFigures, Estimate, GlobalVsLocal, GroupFigure, PairedFigure
+from attack.reports.diversity import diversity_md
+from attack.reports.figures import CleanFigures, Estimate, GlobalVsLocal, GroupFigure, PairedFigure, shown
 from attack.reports.readback import VariantRecords, read_variant
 from attack.reports.summary import (
     ArchSummary,
@@ -162,26 +163,20 @@ def summarize(records: VariantRecords, study: StudyConfig, eps: float, seed: int
             for n, i in info.items()
         },
         eps=eps,
+        reach={key: GroupFigure.of(x.targets["all targets"]) for key, x in measured.items()},
+        site_architectures={
+            site: tuple(sorted({i.arch for i in info.values() if i.kind == "local" and i.site == site}))
+            for site in sorted({i.site for i in info.values() if i.kind == "local" and i.site})
+        },
     )
 
 
-def _shown(d: Estimate | None, scale: float, fmt: str, unit: str = "") -> str:
-    """A published interval as text: value [low, high], or the value alone when the
-    interval is missing, or n/a."""
-    if d is None or d.value is None:
-        return "n/a"
-    value = f"{scale * d.value:{fmt}}{unit}"
-    if d.low is None or d.high is None:
-        return f"{value} (no interval)"
-    return f"{value} [{scale * d.low:{fmt}}, {scale * d.high:{fmt}}]"
-
-
 def _pct(d: Estimate | None) -> str:
-    return _shown(d, 100, ".1f", "%")
+    return shown(d, 100, ".1f", "%")
 
 
 def _auc(d: Estimate | None) -> str:
-    return _shown(d, 1, ".3f")
+    return shown(d, 1, ".3f")
 
 
 def _group(d: GroupFigure | None) -> str:
@@ -199,7 +194,7 @@ def study_md(variants: Variants, study: StudyConfig, eps: float) -> str:
     ok = {k: v for k, v in variants.items() if isinstance(v, VariantSummary)}
     pooled = any(r.clean_auc_pooled is not None for v in ok.values() for r in v.architectures.values())
     lines = [
-        "# Defense study",
+        "# Study of variants",
         "",
         f"Variants: {', '.join(variants)}. Attacks {', '.join(study.attacks)} at eps {eps:g} under "
         f"threat models {', '.join(study.threats)}, on the same held-out test images for every variant.",
@@ -236,6 +231,7 @@ def study_md(variants: Variants, study: StudyConfig, eps: float) -> str:
             "(`federation.pooled_baseline`); its transfer rows are marked (pooled) below.",
         ]
     lines += defense_effects_md(ok, study.robust_attack)
+    lines += diversity_md(ok)
     lines += ["", "## Transferability", ""]
     for key in [f"{a}/{t}" for a in study.attacks for t in study.threats]:
         lines += _transfer_md(ok, key)
