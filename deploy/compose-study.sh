@@ -42,6 +42,12 @@ echo "compose: ${COMPOSE[*]} ($("${COMPOSE[@]}" version --short 2>/dev/null || e
 finish() {
   local code=$?
   trap - EXIT
+  # The sites first, while the SuperLink still answers: a SuperNode told to stop
+  # deactivates itself there. Stopped together, the SuperLink may go first and keep the
+  # sites "online" for up to two heartbeats (60 s), and a study started in that minute
+  # has its sites refused ("could not be activated").
+  mapfile -t running_sites < <(c config --services 2>/dev/null | grep '^site-' || true)
+  [ "${#running_sites[@]}" -eq 0 ] || c stop -t 20 "${running_sites[@]}" >/dev/null 2>&1 || true
   c stop -t 20 >/dev/null 2>&1 || true
   if [ "$code" -ne 0 ]; then
     echo "study FAILED (exit $code); the services are stopped, the volumes kept; logs: ${COMPOSE[*]} logs SERVICE" >&2

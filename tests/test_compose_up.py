@@ -212,6 +212,9 @@ def test_a_second_study_with_a_site_killed_is_harmless(stack) -> None:
     assert st.inspect("attack")["State"]["StartedAt"] != started  # the study really ran again
     register = st.compose("logs", "--no-color", "register")
     assert register.count("already registered") == 4, register  # same keys, not remade
+    # the first study stopped its sites before its SuperLink, so they deactivated there:
+    # none is still "online" and refused when this study's sites start (within the minute)
+    assert "could not be activated" not in st.compose("logs", "--no-color", "superlink")
     after = _verified_store(st, tmp / "store-2")
     assert len(before.models()) == 5
     assert sorted(m.site or "" for m in after.models()) == ["", "A", "B", "C"]
