@@ -19,7 +19,7 @@ from attack.measure.core import (
 )
 from attack.measure.crafting import FUSE_MIN_CORRECT, clean_and_craft, craft
 from attack.measure.threats import insider_sources, member_sources
-from attack.measure.transfer import measure
+from attack.measure.transfer import measure, warn_if_short
 from attack.methods.registry import FGSM, build_attack
 from attack.methods.surrogate import Surrogate
 from attack.methods.universal import Universal
@@ -302,3 +302,19 @@ def test_attack_against_noise_pairs_each_targets_cells_with_their_control() -> N
     assert "| significant" in _versus(over_control(many, seed=0), 2 / 256)
     # the verdict follows the Holm-adjusted p given, not the raw one
     assert "**not significant**" in _versus(over_control(many, seed=0), 0.06)
+
+
+def test_a_universal_perturbation_that_cannot_reach_eps_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    """5 epochs of one minibatch (12 fit images, batch 32), sign steps of 0.1 eps: at most
+    half the budget (seen on the demo store's ranking); 10 epochs reach it, and Adam's
+    steps are not bounded so."""
+    short = Universal("uap", 0.02, False, epochs=5, batch_size=32, step_size=0.002)
+    with caplog.at_level("WARNING"):
+        warn_if_short(short, 12)
+    assert "reaches at most 0.01 of eps 0.02" in caplog.text and "12 fit images" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        warn_if_short(Universal("uap", 0.02, False, epochs=10, batch_size=32, step_size=0.002), 12)
+        warn_if_short(Universal("uap", 0.02, False, epochs=5, batch_size=4, step_size=0.002), 12)
+        warn_if_short(Universal("uap", 0.02, False, 1, 32, 0.001, optimizer="adam"), 12)
+    assert caplog.text == ""

@@ -121,6 +121,29 @@ def _crafted(
     return Crafted(idx, code, fit, perceptual(clean, attack.apply(clean, code)).to_json())
 
 
+def warn_if_short(attack: Attack, n_fit: int) -> None:
+    """A universal perturbation learned by sign steps moves at most epochs x minibatches x
+    step size from zero: say so when that cannot reach eps (its figures then measure a
+    smaller perturbation than the budget says)."""
+    epochs, batch, step = (getattr(attack, k, None) for k in ("epochs", "batch_size", "step_size"))
+    if getattr(attack, "optimizer", None) != "sign" or not epochs or not batch or not step:
+        return
+    reach = epochs * -(-n_fit // batch) * step
+    if reach < attack.eps - 1e-12:
+        log.warning(
+            "%s: %d epochs of %d minibatch(es) over %d fit images, sign steps of %.3g: the "
+            "perturbation reaches at most %.3g of eps %.3g; raise attack.universal.epochs or "
+            "step_fraction, or lower its batch_size",
+            attack.name,
+            epochs,
+            -(-n_fit // batch),
+            n_fit,
+            step,
+            reach,
+            attack.eps,
+        )
+
+
 def measure(
     sources: list[Source], attack: Attack, probe: Probe, s: Settings, progress: bool = True
 ) -> Measurement:
@@ -131,6 +154,8 @@ def measure(
     targets = list(probe.targets)
     m = Measurement(attack.name, attack.eps, [src.name for src in sources], targets)
     fit = fit_mask(data.ids, s.fit_fraction, s.seed) if attack.universal else None
+    if fit is not None:
+        warn_if_short(attack, int(fit.sum()))
     shards = probe.s.shards
     with reproducible_kernels():
         placed = _place(sources, probe)
