@@ -37,6 +37,7 @@ from attack.measure.perceptual import perceptual
 from attack.measure.shards import reproducible_kernels, run_sharded
 from attack.methods.registry import Attack
 from attack.methods.surrogate import Surrogate
+from attack.methods.universal import Universal
 from shared.seeds import derive_seed
 
 log = logging.getLogger(__name__)
@@ -122,23 +123,21 @@ def _crafted(
 
 
 def warn_if_short(attack: Attack, n_fit: int) -> None:
-    """A universal perturbation learned by sign steps moves at most epochs x minibatches x
-    step size from zero: say so when that cannot reach eps (its figures then measure a
-    smaller perturbation than the budget says)."""
-    epochs, batch, step = (getattr(attack, k, None) for k in ("epochs", "batch_size", "step_size"))
-    if getattr(attack, "optimizer", None) != "sign" or not epochs or not batch or not step:
+    """Say so when a universal perturbation's steps cannot reach eps (its figures then
+    measure a smaller perturbation than the budget says)."""
+    if not isinstance(attack, Universal):
         return
-    reach = epochs * -(-n_fit // batch) * step
-    if reach < attack.eps - 1e-12:
+    reach = attack.reach(n_fit)
+    if reach is not None and reach < attack.eps - 1e-12:
         log.warning(
-            "%s: %d epochs of %d minibatch(es) over %d fit images, sign steps of %.3g: the "
+            "%s: %d epochs over %d fit images in minibatches of %d, sign steps of %.3g: the "
             "perturbation reaches at most %.3g of eps %.3g; raise attack.universal.epochs or "
             "step_fraction, or lower its batch_size",
             attack.name,
-            epochs,
-            -(-n_fit // batch),
+            attack.epochs,
             n_fit,
-            step,
+            attack.batch_size,
+            attack.step_size,
             reach,
             attack.eps,
         )

@@ -67,5 +67,12 @@ class Universal:
                     delta.clamp_(-self.eps, self.eps)
         return delta.detach()
 
+    def reach(self, n_fit: int) -> float | None:
+        """The farthest sign steps can move delta from zero over `n_fit` images (None for
+        Adam, whose steps are not bounded so)."""
+        if self.optimizer != "sign":
+            return None
+        return self.epochs * -(-n_fit // self.batch_size) * self.step_size
+
     def apply(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         return torch.clamp(x + code.to(x.dtype), 0.0, 1.0)
