@@ -98,7 +98,12 @@ def _deploy_prepare_data(args: argparse.Namespace) -> int:
     from deploy.hosts.export import prepare_deployment_data
 
     prepare_deployment_data(
-        Path(args.config), Path(args.work), Path(args.sites_dir), Path(args.attack_dir), args.synth_if_missing
+        Path(args.config),
+        Path(args.work),
+        Path(args.sites_dir),
+        Path(args.attack_dir),
+        args.synth_if_missing,
+        Path(args.server_dir) if args.server_dir else None,
     )
     return 0
 
@@ -274,6 +279,11 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", required=True, help="scratch folder (full splits, synthetic twin)")
     p.add_argument("--sites-dir", required=True, help="gets <site>/site_<site>.json + images")
     p.add_argument("--attack-dir", required=True, help="gets test_<dataset>.json + images")
+    p.add_argument(
+        "--server-dir",
+        help="gets the public split alone, public_<dataset>.json + images (data.split.public_fraction): "
+        "what a feddf ServerApp distils on; mount it as the run's splits folder on the SuperLink",
+    )
     p.add_argument(
         "--synth-if-missing", action="store_true", help="write the synthetic twin when no dataset is mounted"
     )

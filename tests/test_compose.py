@@ -117,7 +117,20 @@ def test_locked_down_by_default() -> None:
     link = services["superlink"]["command"]
     assert link[link.index("--credentials") + 1] == "/server"
     assert link[link.index("--app") + 1] == "/server/app"
-    assert _volumes(services["superlink"]) == {"server", "superlink-state", "checkpoints"}
+    # the SuperLink's ServerApp: the public split alone (feddf distils on it), never a site's
+    # shard or a test set, and never the raw data
+    assert _volumes(services["superlink"]) == {
+        "server",
+        "superlink-state",
+        "checkpoints",
+        "server-public",
+        "server-cache",
+    }
+    assert "server-public:/runs/splits:ro" in services["superlink"]["volumes"]
+    init = services["data-init"]["command"]
+    assert init[init.index("--server-dir") + 1] == "/server-public"
+    readers = sorted(n for n, svc in services.items() if "server-public" in _volumes(svc))
+    assert readers == ["data-init", "superlink"], readers
     for name in ("register", "job"):
         svc = services[name]
         assert svc["network_mode"] == "service:superlink", name

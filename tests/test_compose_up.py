@@ -194,18 +194,36 @@ def test_sites_mount_only_their_volume(stack) -> None:
         ], site
 
 
+# The second study: FedDF, the sites training different architectures (a ResNet at A and B,
+# a vision transformer at C and D), the ServerApp distilling on the public split that
+# data-init writes to the SuperLink's server-public volume.
+FEDDF = {
+    "federation.strategy": "feddf",
+    "federation.architectures": ["resnet18", "deit_tiny_patch16_224"],
+    "federation.site_architectures": {
+        "A": "resnet18",
+        "B": "resnet18",
+        "C": "deit_tiny_patch16_224",
+        "D": "deit_tiny_patch16_224",
+    },
+    "federation.distill_steps": 10,
+    "data.split.public_fraction": 0.25,  # 0.15 leaves the public NIH val part without a positive
+}
+
+
 def test_a_second_study_with_a_site_killed_is_harmless(stack) -> None:
-    """README's study command again on the same volumes, with Compose v2 this time and
-    min_sites 3; site-d killed once the job reports round 0 (the sites' validation of a
-    round comes back with the next round's training, so the kill lands in the fine-tune
-    step): the federation completes on three sites and the study ends with its report;
+    """README's study command again on the same volumes, with Compose v2 this time, min_sites
+    3 and FedDF over two architectures; site-d killed once the job reports round 0 (the
+    sites' validation of a round comes back with the next round's training, so the kill
+    lands in the fine-tune step): the federation completes on three sites, the ServerApp
+    distilled on the public split from its own volume, and the study ends with its report;
     the keys are not remade, and the store is the new study's alone (site D's local model
     of the first study is not left beside it). Nothing is left running."""
     st, tmp, _, _ = stack
     before = _verified_store(st, tmp / "store-1")
     started = st.inspect("attack")["State"]["StartedAt"]
     # TINY's round_timeout_s, 300: at 180 a loaded CI host once timed out sites A and B
-    st.reconfigure({**TINY, "federation.min_sites": 3})
+    st.reconfigure({**TINY, **FEDDF, "federation.min_sites": 3})
     code, printed = _kill_site_d_after_round_0(st)
     assert code == 0, printed[-4000:]
     assert "run complete" in printed and "study complete" in _last(printed), printed[-4000:]
@@ -217,9 +235,18 @@ def test_a_second_study_with_a_site_killed_is_harmless(stack) -> None:
     assert "could not be activated" not in st.compose("logs", "--no-color", "superlink")
     after = _verified_store(st, tmp / "store-2")
     assert len(before.models()) == 5
-    assert sorted(m.site or "" for m in after.models()) == ["", "A", "B", "C"]
+    vit = "deit_tiny_patch16_224"
+    assert sorted(m.name for m in after.models()) == sorted(
+        ["resnet18-global", f"{vit}-global", "resnet18-local-A", "resnet18-local-B", f"{vit}-local-C"]
+    )
     manifest = json.loads((tmp / "store-2" / "manifest.json").read_text())
-    assert manifest["complete"] is True and manifest["missing"] == ["resnet18-local-D"]
+    assert manifest["complete"] is True and manifest["missing"] == [f"{vit}-local-D"]
+    events = [json.loads(x) for x in (tmp / "store-2" / "metrics.jsonl").read_text().splitlines()]
+    distilled = [e for e in events if e["event"] == "distill"]
+    assert sorted(e["arch"] for e in distilled) == sorted(["resnet18", vit]), distilled
+    assert all(e["images"] > 0 for e in distilled), distilled  # the public split, read by the ServerApp
+    sent = [e for e in events if e["event"] == "feddf-sent"]
+    assert sent and all(e["arch"] == FEDDF["federation.site_architectures"][e["site"]] for e in sent), sent
     assert st.running() == [], st.running()
 
 

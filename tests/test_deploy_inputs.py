@@ -271,3 +271,37 @@ def test_prepare_data_refuses_a_partial_mount(tmp_path: Path, synth_dir: Path) -
     )
     refused(res, str(tmp_path / "empty"), "mount every dataset")
     assert not (tmp_path / "s").exists()
+
+
+def test_prepare_data_gives_the_server_the_public_split_alone(tmp_path: Path, synth_dir: Path) -> None:
+    """--server-dir (compose's server-public volume, the SuperLink's splits folder): the
+    public manifests and their images, no site's shard and no test set; every exported
+    folder records its images relative to itself, so it reads the same wherever it is
+    mounted (the SuperLink mounts server-public at /runs/splits, data-init at /server-public)."""
+    from deploy.hosts.export import prepare_deployment_data
+    from shared.data.manifest import load_manifest
+    from tests.conftest import write_config
+
+    cfg = write_config(
+        tmp_path / "cfg.yaml", synth_dir, tmp_path / "run", **{"data.split.public_fraction": 0.25}
+    )
+    server, attack = tmp_path / "server-public", tmp_path / "attack"
+    prepare_deployment_data(cfg, tmp_path / "w", tmp_path / "sites", attack, False, server)
+    assert sorted(p.name for p in server.iterdir()) == [
+        "public-nih",
+        "public-rsna",
+        "public_nih.json",
+        "public_rsna.json",
+    ]
+    mounted = tmp_path / "elsewhere" / "splits"  # the same volume, mounted at another path
+    mounted.parent.mkdir()
+    shutil.move(server, mounted)
+    for name in ("nih", "rsna"):
+        m = load_manifest(mounted / f"public_{name}.json")
+        assert m.data_root == mounted / f"public-{name}"
+        images = [s for part in m.parts.values() for s in part]
+        assert images and all((m.data_root / s.relpath).is_file() for s in images)
+        outsider = load_manifest(attack / f"public_{name}.json")  # the attack's copy: the same split
+        assert outsider.parts == m.parts and outsider.data_root == attack / f"public-{name}"
+    site = load_manifest(tmp_path / "sites" / "A" / "site_A.json")
+    assert site.data_root == tmp_path / "sites" / "A"

@@ -87,7 +87,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
     tag, subnet = f"{os.getpid() % 10000}", f"10.231.{random.randint(1, 250)}"
     paths = {
         p: tmp / p.strip("/").replace("/", "-")
-        for p in ("/credentials", "/server", "/operator", "/sites", "/state", "/work", "/data/raw")
+        for p in (
+            "/credentials",
+            "/server",
+            "/operator",
+            "/sites",
+            "/state",
+            "/work",
+            "/data/raw",
+            "/server-public",
+        )
     }
     paths["/runs"] = tmp / "runs"
     cfg = write_config(

@@ -81,7 +81,8 @@ def resolve_data(config: Path, work: Path, synth_if_missing: bool) -> Experiment
 
 def export_manifest(manifest: Manifest, root: Path, manifest_path: Path, skip_missing: bool) -> Exported:
     """Copy the manifest's images under `root` (same relative paths) and write the manifest,
-    last, pointing at `root`."""
+    last, pointing at `root`: relative to the manifest's folder when `root` is inside it, so
+    the folder reads the same wherever a service mounts it."""
     copied = n = 0
     for samples in manifest.parts.values():
         for s in samples:
@@ -99,18 +100,28 @@ def export_manifest(manifest: Manifest, root: Path, manifest_path: Path, skip_mi
             with atomic_path(dst) as tmp:
                 shutil.copyfile(src, tmp)
             copied += 1
-    Manifest(manifest.name, manifest.dataset, manifest.kind, root, manifest.parts, manifest.skipped).save(
+    here = Path(manifest_path).parent
+    recorded = root.relative_to(here) if root.is_relative_to(here) else root
+    Manifest(manifest.name, manifest.dataset, manifest.kind, recorded, manifest.parts, manifest.skipped).save(
         manifest_path
     )
     return Exported(manifest.name, manifest_path, n, copied)
 
 
 def prepare_deployment_data(
-    config: Path, work: Path, sites_dir: Path, attack_dir: Path, synth_if_missing: bool = True
+    config: Path,
+    work: Path,
+    sites_dir: Path,
+    attack_dir: Path,
+    synth_if_missing: bool = True,
+    server_dir: Path | None = None,
 ) -> list[Exported]:
     """Split, then write `sites_dir/<site>/site_<site>.json` + its images for every site and
     `attack_dir/test_<dataset>.json` + images for every test set (and
-    `attack_dir/public_<dataset>.json` + images for the outsider's public split, if any)."""
+    `attack_dir/public_<dataset>.json` + images for the outsider's public split, if any).
+    `server_dir` gets the public split alone, `public_<dataset>.json` + images: what a
+    feddf ServerApp distils on, mounted where the run's splits folder is (the config's
+    output_dir/splits), with no site's shard and no test set beside it."""
     cfg = resolve_data(config, work, synth_if_missing)
     make_splits(cfg.data, cfg.splitting_seed, cfg.splits_dir)
     skip = cfg.data.skip_unreadable
@@ -123,11 +134,12 @@ def prepare_deployment_data(
         src = load_manifest(test_manifest_path(cfg.splits_dir, name))
         out.append(export_manifest(src, Path(attack_dir) / name, test_manifest_path(attack_dir, name), skip))
         public = public_manifest_path(cfg.splits_dir, name)
-        if public.is_file():  # the outsider threat's own training data (data.split.public_fraction)
-            dest = Path(attack_dir) / f"public-{name}"
-            out.append(
-                export_manifest(load_manifest(public), dest, public_manifest_path(attack_dir, name), skip)
-            )
+        if not public.is_file():  # no data.split.public_fraction
+            continue
+        # the outsider threat's own training data; a feddf server's distillation data
+        for folder in (Path(attack_dir), *([Path(server_dir)] if server_dir else [])):
+            dest = folder / f"public-{name}"
+            out.append(export_manifest(load_manifest(public), dest, public_manifest_path(folder, name), skip))
     for e in out:
         print(f"{e.name}: {e.images} images ({e.copied} copied) -> {e.manifest}", flush=True)
     return out

@@ -63,7 +63,9 @@ class Manifest:
 
 
 def load_manifest(path: Path, data_root: Path | None = None) -> Manifest:
-    """Load a manifest; `data_root` overrides the recorded root (a site's own mount)."""
+    """Load a manifest; `data_root` overrides the recorded root (a site's own mount). A
+    relative recorded root is the manifest's own folder's: an exported folder (images and
+    manifest, `fedattack deploy prepare-data`) reads the same wherever it is mounted."""
     try:
         raw = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -80,7 +82,7 @@ def load_manifest(path: Path, data_root: Path | None = None) -> Manifest:
             name=raw["name"],
             dataset=raw["dataset"],
             kind=raw["kind"],
-            data_root=Path(data_root) if data_root else Path(raw["data_root"]),
+            data_root=Path(data_root) if data_root else Path(path).parent / raw["data_root"],
             parts=parts,
             skipped=tuple(raw.get("skipped", ())),
             partition=str(raw.get("partition", "")),
