@@ -39,6 +39,25 @@ def test_perceptual_figures_by_hand() -> None:
     assert same.ssim == pytest.approx(1.0) and same.psnr == pytest.approx(PSNR_CAP) and same.l2 == 0
 
 
+@pytest.mark.parametrize("shape", [(6, 1, 96, 96), (3, 3, 40, 33), (2, 1, 9, 9)])
+def test_ssim_is_pytorch_msssims(shape: tuple[int, ...]) -> None:
+    """The separable SSIM equals pytorch-msssim's (the reference implementation) on random
+    images and perturbations, with the window shrunk for images under 11 pixels as perceptual does."""
+    from pytorch_msssim import ssim as reference  # type: ignore[import-untyped]
+
+    from attack.measure.perceptual import ssim
+
+    g = torch.Generator().manual_seed(sum(shape))
+    clean = torch.rand(shape, generator=g, dtype=torch.float64)
+    adv = (clean + 0.05 * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    window = min(11, min(shape[-2:]) if min(shape[-2:]) % 2 else min(shape[-2:]) - 1)
+    ours = ssim(adv, clean, window)
+    theirs = reference(adv, clean, data_range=1.0, size_average=False, win_size=window)
+    assert ours.shape == (shape[0],)
+    # pytorch-msssim rounds its window to float32 before it casts it: 1e-8 apart at most
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-8), (ours - theirs).abs().max()
+
+
 def test_shuffled_control_keeps_the_perturbations_pixels() -> None:
     torch.manual_seed(0)
     clean = 0.3 + 0.4 * torch.rand(1, 6, 6)
