@@ -257,7 +257,7 @@ def test_image_holds_no_credentials_and_no_data(env: dict[str, str], image: str)
         "find / -xdev \\( -path /proc -o -path /opt/venv/lib -o -path /usr/share/python-wheels \\) "
         "-prune -o \\( -name '*.key' -o -name 'site-[A-D].key*' -o -name 'server.crt' -o -name 'ca.crt' "
         "-o -name '*.dcm' -o -name 'manifest.json' -o -name '*.whl' -o -name 'wheelhouse' \\) -print; "
-        "find /credentials /state /work /data /runs /sites -type f -print; "
+        "find /credentials /state /work /data /runs /sites /server-public -type f -print; "
         "find /home/fedattack/.flwr -type f ! -name source -print"
     )
     found = sh([docker(), "run", "--rm", image, "sh", "-c", script], env, timeout=300).split()
