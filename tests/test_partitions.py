@@ -132,6 +132,22 @@ def test_n_named_sites_split_record_partition_and_start_n_supernodes(five_sites:
     assert [site_index(s, cfg.data.sites) for s in cfg.data.sites] == [3, 4, 5, 6, 7]
 
 
+def test_a_sites_exported_shard_keeps_its_partition_and_digest(five_sites: Path, tmp_path: Path) -> None:
+    """`deploy prepare-data` copies a label-skewed shard into the site's folder: the copy
+    records the partition, so the site's digest is still the split's fingerprint's."""
+    from deploy.hosts.export import export_manifest
+
+    cfg = load_config(five_sites)
+    paths = make_splits(cfg.data, cfg.seed, cfg.splits_dir)
+    north = load_manifest(paths["site_north"])
+    folder = tmp_path / "north"
+    export_manifest(north, folder, folder / "site_north.json", skip_missing=False)
+    copy = load_manifest(folder / "site_north.json")
+    assert copy.partition == "label dirichlet alpha=5" and copy.data_root == folder
+    fingerprint = json.loads((cfg.splits_dir / "fingerprint.json").read_text())["manifests"]
+    assert manifest_digest(copy) == fingerprint["site_north"]
+
+
 def test_data_check_prints_each_sites_size_and_positive_rate(five_sites: Path) -> None:
     cfg = load_config(five_sites)
     text = format_reports(check_data(cfg))

@@ -102,9 +102,15 @@ def export_manifest(manifest: Manifest, root: Path, manifest_path: Path, skip_mi
             copied += 1
     here = Path(manifest_path).parent
     recorded = root.relative_to(here) if root.is_relative_to(here) else root
-    Manifest(manifest.name, manifest.dataset, manifest.kind, recorded, manifest.parts, manifest.skipped).save(
-        manifest_path
-    )
+    Manifest(
+        manifest.name,
+        manifest.dataset,
+        manifest.kind,
+        recorded,
+        manifest.parts,
+        manifest.skipped,
+        manifest.partition,
+    ).save(manifest_path)
     return Exported(manifest.name, manifest_path, n, copied)
 
 
