@@ -77,7 +77,7 @@ def recompute(splits: Path, store: Path, results: dict) -> dict[tuple[str, str],
         for image_id, _patient, relpath, label in m["parts"]["test"]:
             if int(label) == 1:
                 ids.append(f"test_{dataset}/{image_id}")
-                xs.append(decode(Path(m["data_root"]) / relpath, size))
+                xs.append(decode(splits / m["data_root"] / relpath, size))  # relative: the manifest's folder
     x = torch.from_numpy(np.stack(xs)).float().div(255.0).unsqueeze(1)
     manifest = json.loads((store / "manifest.json").read_text())
     models = {}
